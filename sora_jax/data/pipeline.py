@@ -1,0 +1,176 @@
+"""Input pipelines: TFDS split -> text pairs -> token ids -> packed or padded batches (grain).
+
+Training batches come from a deterministic, checkpointable grain iterator that reads only this process's shard
+of the split. Evaluation batches are finite, unshuffled and padded to full batches so that every process runs
+the same number of steps (the compiled step is a collective).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from collections.abc import Iterator, Mapping, Sequence
+from typing import Any
+
+import grain
+import numpy as np
+
+from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from sora_jax.errors import SoraError
+
+# Batch keys, as the model and the train step read them.
+BATCH_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
+              "decoder_target_tokens", "decoder_segment_ids", "decoder_positions")
+
+
+@dataclasses.dataclass(frozen=True)
+class LengthStats:
+    """How many examples of a sample of a split exceed the maximum lengths (they are truncated, not dropped)."""
+
+    examples: int
+    inputs_truncated: int
+    targets_truncated: int
+
+    def describe(self, split: str) -> str:
+        return (f"{split}: {self.inputs_truncated} of {self.examples} sampled inputs and {self.targets_truncated} "
+                f"targets are longer than the maximum lengths and get truncated")
+
+
+class TextPairs(grain.transforms.Map):
+    """Raw TFDS example -> {"inputs": str, "targets": str} through the task's preprocessor."""
+
+    def __init__(self, to_text_pair: Any):
+        self._to_text_pair = to_text_pair
+
+    def map(self, example: Mapping[str, Any]) -> dict[str, str]:
+        return self._to_text_pair(example)
+
+
+class TokenizePair(grain.transforms.Map):
+    """Text pair -> int32 id arrays, each truncated to its maximum length and ending with EOS."""
+
+    def __init__(self, tokenizer: Tokenizer, max_input_length: int, max_target_length: int):
+        self._tokenizer = tokenizer
+        self._max = {"inputs": max_input_length, "targets": max_target_length}
+
+    def map(self, pair: Mapping[str, str]) -> dict[str, np.ndarray]:
+        ids = self._tokenizer.encode([pair["inputs"], pair["targets"]])
+        return {key: _with_eos(row, self._max[key]) for key, row in zip(("inputs", "targets"), ids, strict=True)}
+
+
+def _with_eos(ids: Sequence[int], max_length: int) -> np.ndarray:
+    # Truncate before appending EOS so that every sequence ends, and decoding learns where to stop.
+    return np.asarray(list(ids[: max_length - 1]) + [EOS_ID], dtype=np.int32)
+
+
+class PadExample(grain.transforms.Map):
+    """One example per row: pad to the maximum lengths and add the segment ids and positions packing would."""
+
+    def __init__(self, max_input_length: int, max_target_length: int):
+        self._max = {"inputs": max_input_length, "targets": max_target_length}
+
+    def map(self, example: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        row = {}
+        for key, length in self._max.items():
+            ids = example[key]
+            row[key] = np.pad(ids, (0, length - len(ids)))
+            row[f"{key}_segment_ids"] = (row[key] != PAD_ID).astype(np.int32)
+            row[f"{key}_positions"] = np.where(row[key] != PAD_ID, np.arange(length), 0).astype(np.int32)
+        return row
+
+
+class ToModelBatch(grain.transforms.Map):
+    """Rename grain's packing keys to the model's batch keys."""
+
+    def map(self, batch: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        renamed = {}
+        for side, prefix in (("inputs", "encoder"), ("targets", "decoder")):
+            tokens = "encoder_input_tokens" if side == "inputs" else "decoder_target_tokens"
+            renamed[tokens] = batch[side].astype(np.int32)
+            renamed[f"{prefix}_segment_ids"] = batch[f"{side}_segment_ids"].astype(np.int32)
+            renamed[f"{prefix}_positions"] = batch[f"{side}_positions"].astype(np.int32)
+        return renamed
+
+
+def text_pairs(source: Any, to_text_pair: Any) -> grain.MapDataset:
+    """A random-access dataset of text pairs over a TFDS data source."""
+    if len(source) == 0:
+        raise SoraError("the dataset split is empty; check the data files or the task's options.")
+    return grain.MapDataset.source(source).map(TextPairs(to_text_pair))
+
+
+def length_stats(pairs: grain.MapDataset, tokenizer: Tokenizer, max_input_length: int,
+                 max_target_length: int, sample_size: int = 10_000) -> LengthStats:
+    """Count, over the first `sample_size` examples, how many exceed the maximum lengths (EOS included)."""
+    sample = [pairs[i] for i in range(min(sample_size, len(pairs)))]
+    inputs = tokenizer.encode([p["inputs"] for p in sample])
+    targets = tokenizer.encode([p["targets"] for p in sample])
+    return LengthStats(
+        examples=len(sample),
+        inputs_truncated=sum(len(ids) + 1 > max_input_length for ids in inputs),
+        targets_truncated=sum(len(ids) + 1 > max_target_length for ids in targets),
+    )
+
+
+def train_dataset(pairs: grain.MapDataset, tokenizer: Tokenizer, *, batch_size: int, max_input_length: int,
+                  max_target_length: int, pack: bool, num_packing_bins: int, seed: int,
+                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+    """Endless, shuffled (a new order each epoch), packed or padded batches of this process's shard.
+
+    `batch_size` is this process's share of the global batch. Iterate it with `iter(...)`; the iterator's
+    `get_state()`/`set_state()` make it resumable exactly.
+    """
+    shard = pairs[process_index::process_count]
+    if len(shard) == 0:
+        raise SoraError(f"process {process_index} of {process_count} got no training examples: the training "
+                        "split is smaller than the number of processes.")
+    examples = shard.shuffle(seed=seed).repeat(None).map(TokenizePair(tokenizer, max_input_length,
+                                                                      max_target_length))
+    if pack:
+        rows = grain.experimental.FirstFitPackIterDataset(
+            examples.to_iter_dataset(),
+            length_struct={"inputs": max_input_length, "targets": max_target_length},
+            num_packing_bins=num_packing_bins,
+            seed=seed,
+            shuffle_bins=True,
+        )
+    else:
+        rows = examples.map(PadExample(max_input_length, max_target_length)).to_iter_dataset()
+    return rows.batch(batch_size, drop_remainder=True).map(ToModelBatch())
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalBatch:
+    """A padded evaluation batch: this process's rows as arrays, and the texts of the whole global batch."""
+
+    arrays: dict[str, np.ndarray]
+    inputs: list[str]  # Texts of the global batch's real rows (the same list on every process).
+    targets: list[str]
+
+
+def eval_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, global_batch_size: int,
+                 max_input_length: int, max_target_length: int, max_examples: int = 0,
+                 process_index: int = 0, process_count: int = 1) -> Iterator[EvalBatch]:
+    """All examples (or the first `max_examples`) in order, one example per row, padded to full batches.
+
+    Global batch j holds examples [j*G, (j+1)*G); process p tokenizes only its contiguous share of those
+    rows, so every process yields the same number of batches, and row i of a gathered output is example
+    j*G + i.
+    """
+    total = len(pairs) if max_examples <= 0 else min(max_examples, len(pairs))
+    local_size = global_batch_size // process_count
+    tokenize = TokenizePair(tokenizer, max_input_length, max_target_length)
+    pad = PadExample(max_input_length, max_target_length)
+    empty = {"inputs": np.zeros(0, np.int32), "targets": np.zeros(0, np.int32)}
+    for start in range(0, total, global_batch_size):
+        texts = [pairs[i] for i in range(start, min(start + global_batch_size, total))]
+        mine = texts[process_index * local_size:(process_index + 1) * local_size]
+        rows = [pad.map(tokenize.map(t)) for t in mine]
+        rows += [pad.map(empty)] * (local_size - len(rows))
+        stacked = ToModelBatch().map({k: np.stack([r[k] for r in rows]) for k in rows[0]})
+        yield EvalBatch(stacked, [t["inputs"] for t in texts], [t["targets"] for t in texts])
+
+
+def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
+    """How many batches `eval_batches` yields for a split of `num_examples`."""
+    return math.ceil(num_examples / global_batch_size)

@@ -1,0 +1,140 @@
+"""Multi-head attention in the T5 convention (no biases, no 1/sqrt(d_kv) scaling) with a KV cache."""
+
+from __future__ import annotations
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+
+from sora_jax.model.config import ModelConfig
+from sora_jax.model.layers import ACT_BLD, param_with_axes
+
+ACT_BLHK = ("batch", "length", "heads", "kv")
+
+
+class HeadProjection(nn.Module):
+    """A bias-free projection whose kernel is created in its final multi-axis shape.
+
+    (flax's DenseGeneral initializes a flattened kernel and reshapes it, which breaks logical-axis
+    constraints on the initializer under an active mesh.)
+    """
+
+    features: tuple[int, ...] | int
+    axis: int | tuple[int, ...]
+    axes: tuple[str, ...]
+    stddev: float
+    dtype: jnp.dtype
+    param_dtype: jnp.dtype
+
+    @nn.compact
+    def __call__(self, x: jax.Array) -> jax.Array:
+        features = self.features if isinstance(self.features, tuple) else (self.features,)
+        contract = self.axis if isinstance(self.axis, tuple) else (self.axis,)
+        contract = tuple(a % x.ndim for a in contract)
+        shape = tuple(x.shape[a] for a in contract) + features
+        kernel = self.param("kernel", param_with_axes(nn.initializers.normal(stddev=self.stddev), self.axes),
+                            shape, self.param_dtype)
+        kernel_dims = tuple(range(len(contract)))
+        return jax.lax.dot_general(x.astype(self.dtype), kernel.astype(self.dtype),
+                                   ((contract, kernel_dims), ((), ())))
+
+
+class MultiHeadAttention(nn.Module):
+    """Self- or cross-attention over projected heads, computed by `jax.nn.dot_product_attention`.
+
+    Decoding (decode=True) keeps its state in the "cache" collection:
+      * self-attention: `cached_key` / `cached_value` [B, cache_length, H, K]. The first decode call (no
+        cache yet) only creates zeroed buffers and attends normally over its own input. Every later call
+        writes its Lq new keys/values at `decode_index` and attends over the whole buffer; the caller's
+        mask must hide the slots after the current position.
+      * cross-attention: the encoder's keys/values are projected once on the first decode call and reused
+        by every later step, so steps never re-project the encoder output.
+    """
+
+    config: ModelConfig
+    is_cross_attention: bool = False
+
+    def _projection(self, features: tuple[int, ...] | int, axis: int | tuple[int, ...],
+                    axes: tuple[str, ...], stddev: float, name: str) -> nn.Module:
+        cfg = self.config
+        return HeadProjection(features, axis, axes, stddev, cfg.compute_dtype, cfg.params_dtype, name=name)
+
+    @nn.compact
+    def __call__(
+        self,
+        x_BLD: jax.Array,
+        kv_BSD: jax.Array,
+        *,
+        mask_B1LS: jax.Array | None = None,
+        bias_BHLS: jax.Array | None = None,
+        deterministic: bool = True,
+        decode: bool = False,
+        decode_index: jax.Array | None = None,
+        cache_length: int | None = None,
+    ) -> jax.Array:
+        """Attends queries from x [B, L, D] to keys/values from kv [B, S, D] -> [B, L, D].
+
+        mask: boolean, True = may attend, broadcastable to [B, 1, L, S]. bias: additive, [1 or B, H, L, S].
+        decode_index: scalar int, where this call's keys go in the self-attention cache.
+        cache_length: self-attention cache size when the cache is created (defaults to L).
+        """
+        cfg = self.config
+        heads_kv = (cfg.num_heads, cfg.d_kv)
+        dtype = cfg.compute_dtype
+        # T5 init: the query absorbs the missing 1/sqrt(d_kv) logit scaling through a smaller init.
+        q_BLHK = self._projection(heads_kv, -1, ("embed", "heads", "kv"), (cfg.d_model * cfg.d_kv) ** -0.5,
+                                  "q")(x_BLD)
+        q_BLHK = nn.with_logical_constraint(q_BLHK, ACT_BLHK)
+
+        def project_kv(source_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
+            std = cfg.d_model**-0.5
+            k_BSHK = self._projection(heads_kv, -1, ("embed", "heads", "kv"), std, "k")(source_BSD)
+            v_BSHK = self._projection(heads_kv, -1, ("embed", "heads", "kv"), std, "v")(source_BSD)
+            return (nn.with_logical_constraint(k_BSHK, ACT_BLHK),
+                    nn.with_logical_constraint(v_BSHK, ACT_BLHK))
+
+        if decode and self.is_cross_attention:
+            cache_ready = self.has_variable("cache", "cached_key")
+            if cache_ready:
+                k_BSHK = self.get_variable("cache", "cached_key")
+                v_BSHK = self.get_variable("cache", "cached_value")
+            else:
+                k_BSHK, v_BSHK = project_kv(kv_BSD)
+                self.put_variable("cache", "cached_key", k_BSHK.astype(dtype))
+                self.put_variable("cache", "cached_value", v_BSHK.astype(dtype))
+        elif decode:
+            cache_ready = self.has_variable("cache", "cached_key")
+            k_BSHK, v_BSHK = project_kv(kv_BSD)
+            batch, length = x_BLD.shape[:2]
+            shape = (batch, cache_length or length, *heads_kv)
+            cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
+            cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
+            if cache_ready:
+                if decode_index is None:
+                    raise ValueError("decode_index is required for a cached self-attention step.")
+                start = (0, decode_index, 0, 0)
+                cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BSHK.astype(dtype), start)
+                cached_value.value = jax.lax.dynamic_update_slice(
+                    cached_value.value, v_BSHK.astype(dtype), start
+                )
+                k_BSHK, v_BSHK = cached_key.value, cached_value.value
+        else:
+            k_BSHK, v_BSHK = project_kv(kv_BSD)
+
+        if mask_B1LS is not None:
+            mask_B1LS = jnp.broadcast_to(
+                mask_B1LS, (x_BLD.shape[0], 1, q_BLHK.shape[1], k_BSHK.shape[1])
+            )
+        # scale=1.0: T5 folds the 1/sqrt(d_kv) into the query init instead of scaling logits.
+        out_BLHK = jax.nn.dot_product_attention(
+            q_BLHK.astype(dtype), k_BSHK.astype(dtype), v_BSHK.astype(dtype),
+            bias=bias_BHLS, mask=mask_B1LS, scale=1.0,
+        )
+        out_BLHK = nn.with_logical_constraint(out_BLHK, ACT_BLHK)
+        # dot_product_attention has no dropout on the probabilities. Dropping the per-head context instead
+        # is the nearest substitute (it perturbs each head's mixture of values), and placing it before the
+        # output projection avoids stacking a second mask on the residual dropout the layer applies after.
+        out_BLHK = nn.Dropout(cfg.dropout_rate)(out_BLHK, deterministic=deterministic)
+        y_BLD = self._projection(cfg.d_model, (-2, -1), ("heads", "kv", "embed"),
+                                 (cfg.num_heads * cfg.d_kv) ** -0.5, "o")(out_BLHK)
+        return nn.with_logical_constraint(y_BLD, ACT_BLD)

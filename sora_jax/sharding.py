@@ -1,0 +1,116 @@
+"""Device mesh and logical-axis partitioning: the only place that knows mesh axis names.
+
+Model code names logical axes ("batch", "embed", "mlp", ...); a rules table maps them onto the mesh axes
+("data", "fsdp", "tensor"). Everything that places arrays (state, batches) goes through these functions.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+from collections.abc import Iterator, Sequence
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.experimental import mesh_utils
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sora_jax.errors import SoraError
+
+MESH_AXES = ("data", "fsdp", "tensor")
+BATCH_AXES = ("data", "fsdp")
+LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "relpos_buckets", "layers")
+
+
+def resolve_mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
+    """Fill a -1 axis with the remaining devices and check that the product equals the device count."""
+    shape = [sizes[a] for a in MESH_AXES]
+    known = math.prod(s for s in shape if s != -1)
+    if -1 in shape:
+        if num_devices % known:
+            raise SoraError(
+                f"config.mesh {dict(zip(MESH_AXES, shape))} cannot fill {num_devices} devices: "
+                f"{num_devices} is not divisible by {known}. Choose axis sizes whose product divides it.")
+        shape[shape.index(-1)] = num_devices // known
+    if math.prod(shape) != num_devices:
+        raise SoraError(
+            f"config.mesh data*fsdp*tensor = {'*'.join(map(str, shape))} = {math.prod(shape)} but there are "
+            f"{num_devices} devices; set the sizes so that their product is {num_devices} (or use -1 for one axis).")
+    return tuple(shape)
+
+
+def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
+    """Build the (data, fsdp, tensor) mesh over all devices, with Auto axis types for sharding constraints."""
+    devices = list(jax.devices() if devices is None else devices)
+    shape = resolve_mesh_shape(sizes, len(devices))
+    if devices == list(jax.devices()):
+        device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+    else:
+        device_array = np.asarray(devices).reshape(shape)
+    return Mesh(device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def check_rules(rules: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:
+    """Validate a logical-axis rules table and return it as a tuple of (logical, mesh axes) pairs."""
+    checked = []
+    for logical, mesh_axes in rules:
+        if logical not in LOGICAL_AXES:
+            raise SoraError(f"config.mesh.logical_axis_rules names unknown logical axis {logical!r}; "
+                            f"known: {', '.join(LOGICAL_AXES)}.")
+        targets = mesh_axes if isinstance(mesh_axes, tuple | list) else (mesh_axes,)
+        for axis in targets:
+            if axis is not None and axis not in MESH_AXES:
+                raise SoraError(f"config.mesh.logical_axis_rules maps {logical!r} to unknown mesh axis {axis!r}; "
+                                f"use one of {', '.join(MESH_AXES)} or None.")
+        checked.append((logical, tuple(mesh_axes) if isinstance(mesh_axes, list) else mesh_axes))
+    return tuple(checked)
+
+
+@contextlib.contextmanager
+def activate(mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Iterator[None]:
+    """Make `mesh` and the logical-axis `rules` current, so model activation constraints resolve to mesh axes."""
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules):
+        yield
+
+
+def data_parallel_size(mesh: Mesh) -> int:
+    """How many ways the batch is split."""
+    return math.prod(mesh.shape[a] for a in BATCH_AXES)
+
+
+def batch_sharding(mesh: Mesh) -> NamedSharding:
+    """Sharding of a batch array: leading dimension over the data-parallel axes, the rest replicated."""
+    return NamedSharding(mesh, PartitionSpec(BATCH_AXES))
+
+
+def replicated(mesh: Mesh) -> NamedSharding:
+    """A fully replicated sharding on `mesh`."""
+    return NamedSharding(mesh, PartitionSpec())
+
+
+def logical_shardings(abstract_tree: Any, mesh: Mesh, rules: Sequence[tuple[str, Any]]) -> Any:
+    """Map a tree with logical partitioning metadata (flax boxes) to a tree of NamedShardings."""
+    specs = nn.get_partition_spec(abstract_tree)
+    return nn.logical_to_mesh_sharding(specs, mesh, rules)
+
+
+def check_divisible(abstract_tree: Any, shardings: Any) -> None:
+    """Raise SoraError naming the first array whose dimension does not divide over the axes that shard it."""
+    leaves = jax.tree_util.tree_leaves_with_path(nn.unbox(abstract_tree))
+    for (path, leaf), sharding in zip(leaves, jax.tree_util.tree_leaves(shardings), strict=True):
+        for dim, axes in zip(leaf.shape, sharding.spec, strict=False):
+            if axes is None:
+                continue
+            size = math.prod(sharding.mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
+            if dim % size:
+                name = jax.tree_util.keystr(path)
+                raise SoraError(f"{name} has shape {leaf.shape}: dimension {dim} is not divisible by the {size} "
+                                f"devices of mesh axes {axes}; change the model size or config.mesh.")
+
+
+def global_batch(local_batch: dict[str, np.ndarray], mesh: Mesh) -> dict[str, jax.Array]:
+    """Turn this host's rows of a batch into global arrays sharded over the data-parallel axes."""
+    sharding = batch_sharding(mesh)
+    return {k: jax.make_array_from_process_local_data(sharding, v) for k, v in local_batch.items()}

@@ -1,0 +1,207 @@
+"""A training run, top to bottom: checks, data, tokenizer, model, sharded state, restore, loop, evaluation.
+
+Everything that can be wrong with the user's input is checked before the first compile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import signal
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+import ml_collections
+import numpy as np
+import tensorflow_datasets as tfds
+
+from sora_jax import checkpoint, config as config_lib, sharding
+from sora_jax.data import builders, pipeline
+from sora_jax.data.tasks import get_task
+from sora_jax.errors import SoraError
+from sora_jax.evaluation.evaluator import Evaluator
+from sora_jax.model import EncoderDecoder
+from sora_jax.training import optimizer as optimizer_lib, state as state_lib, step as step_lib
+from sora_jax.training.metrics_log import MetricsLog, Progress, format_duration
+from sora_jax.training.workdir import Workdir
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a finished (or already finished) run reports back."""
+
+    workdir: Path
+    final_step: int
+    test_metrics: dict[str, float]
+    checkpoint_dir: Path
+    resumed_from: int | None = None
+    preempted: bool = False
+
+
+class _StopSignal:
+    """Records SIGTERM so the loop can save a checkpoint at the next step boundary and exit cleanly."""
+
+    def __init__(self) -> None:
+        self.received = False
+        self._previous = None
+
+    def __enter__(self) -> _StopSignal:
+        try:
+            self._previous = signal.signal(signal.SIGTERM, self._handle)
+        except ValueError:  # Not the main thread: leave signals alone.
+            self._previous = None
+        return self
+
+    def _handle(self, signum: int, frame: Any) -> None:
+        self.received = True
+
+    def __exit__(self, *exc: Any) -> None:
+        if self._previous is not None:
+            signal.signal(signal.SIGTERM, self._previous)
+
+
+def _mean_metrics(pending: list[dict[str, Any]]) -> tuple[dict[str, float], float, int | None]:
+    """Average a window of per-step metrics (one device_get); also total tokens and the first bad step."""
+    host = jax.device_get([m for _, m in pending])
+    for (step, _), metrics in zip(pending, host, strict=True):
+        if not np.isfinite(metrics["loss"]):
+            return {}, 0.0, step
+    mean = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "tokens"}
+    return mean, float(sum(m["tokens"] for m in host)), None
+
+
+def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
+    """Train (or resume training) `config` in `workdir`, evaluate, and return the test metrics."""
+    config_lib.validate(config)
+    mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
+    rules = sharding.check_rules(config.mesh.logical_axis_rules)
+    dp = sharding.data_parallel_size(mesh)
+    for name, size in (("batch_size", config.batch_size // config.grad_accum_steps),
+                       ("data.eval_batch_size", config.data.eval_batch_size)):
+        if size % dp or size % jax.process_count():
+            what = "batch_size / grad_accum_steps" if name == "batch_size" else f"config.{name}"
+            raise SoraError(f"{what} = {size} does not divide over {dp} data-parallel devices and "
+                            f"{jax.process_count()} processes; use a multiple of {np.lcm(dp, jax.process_count())}.")
+
+    tfds.disable_progress_bar()
+    work = Workdir(Path(workdir))
+    options = {**config.data.task_options.to_dict(), "train_files": config.data.train_files,
+               "eval_files": config.data.eval_files}
+    task = get_task(config.data.task, options)
+    builder = task.make_builder(str(work.data_dir(config.data.data_dir)), options)
+    train_pairs = pipeline.text_pairs(builders.data_source(builder, "train"), task.to_text_pair)
+    tokenizer = work.tokenizer(config.tokenizer, train_pairs, seed=config.seed)
+    model_config = work.model_config(config, tokenizer.vocab_size)  # Checks shapes against a resumed run.
+    log = MetricsLog(work.path)
+    log.print(f"workdir {work.path} | task {task.name} | {len(train_pairs)} training examples | "
+              f"mesh {dict(mesh.shape)} | tokenizer {tokenizer.path} ({tokenizer.vocab_size} pieces)")
+    stats = pipeline.length_stats(train_pairs, tokenizer, config.data.max_input_length,
+                                  config.data.max_target_length)
+    log.print(stats.describe("train"))
+
+    model = EncoderDecoder(model_config)
+    schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    tx = optimizer_lib.make_optimizer(config.optimizer, schedule)
+    batch = np.zeros((1, 8), np.int32)
+
+    def init_params(rng: jax.Array) -> Any:
+        return model.init(rng, batch, batch)["params"]
+
+    process, processes = jax.process_index(), jax.process_count()
+    train_data = pipeline.train_dataset(
+        train_pairs, tokenizer, batch_size=config.batch_size // processes,
+        max_input_length=config.data.max_input_length, max_target_length=config.data.max_target_length,
+        pack=config.data.pack, num_packing_bins=config.data.num_packing_bins, seed=config.seed,
+        process_index=process, process_count=processes)
+    train_iter = iter(train_data)
+    ckpt = checkpoint.Checkpointer(work.checkpoint_dir, keep=config.keep_checkpoints)
+
+    state, state_shardings = state_lib.create_train_state(init_params, tx, mesh, rules, config.seed)
+    with sharding.activate(mesh, rules):
+        restored = ckpt.restore(state_lib.abstract_train_state(state_shardings, state), train_iter)
+        resumed_from = None
+        if restored is not None:
+            state, resumed_from = restored
+            log.print(f"resumed from checkpoint step {resumed_from} in {ckpt.directory}")
+        log.print(f"model: {state_lib.count_params(state.params):,} parameters ({model_config.d_model} wide, "
+                  f"{model_config.num_encoder_layers}+{model_config.num_decoder_layers} layers)")
+        evaluator = Evaluator(model, task, builder, tokenizer, config, mesh, state_shardings.params, log)
+        start = int(jax.device_get(state.step))
+        if start >= config.num_train_steps:
+            ckpt.close()
+            log.print(f"this run already finished at step {start} (num_train_steps={config.num_train_steps}); "
+                      f"checkpoints are in {ckpt.directory}. Use a new --workdir to train again.")
+            result = RunResult(work.path, start, work.last_metrics("test"), ckpt.directory, resumed_from)
+            log.close()
+            return result
+        train_step = step_lib.compile_train_step(model, tx, schedule, config, state_shardings, mesh)
+        result = _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, start)
+    result.workdir, result.resumed_from = work.path, resumed_from
+    log.close()
+    return result
+
+
+def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, train_iter: Any,
+                ckpt: checkpoint.Checkpointer, evaluator: Evaluator, log: MetricsLog, start: int) -> RunResult:
+    total = config.num_train_steps
+    progress = Progress(total, start)
+    pending: list[tuple[int, Any]] = []  # Device-side metrics since the last log: fetched together.
+    last_saved = ckpt.latest_step()
+    started = time.perf_counter()
+    mesh = evaluator.mesh
+
+    def flush_metrics(step: int) -> None:
+        # Pull the window's metrics to the host; a non-finite loss stops the run before anything is saved.
+        nonlocal pending
+        if not pending:
+            return
+        mean, tokens, bad_step = _mean_metrics(pending)
+        pending = []
+        if bad_step is not None:
+            ckpt.wait()
+            kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was saved"
+            raise SoraError(f"the training loss became NaN or infinite at step {bad_step}; {kept}. Lower "
+                            "config.optimizer.learning_rate, raise warmup_steps, or enable gradient clipping.")
+        line, tokens_per_sec = progress.line(step, mean, tokens)
+        log.print(line)
+        log.write(step, "train", {**mean, "tokens_per_sec": tokens_per_sec})
+
+    step = start
+    with _StopSignal() as stop:
+        while step < total:
+            batch = sharding.global_batch(next(train_iter), mesh)
+            state, metrics = train_step(state, batch)
+            step += 1
+            pending.append((step, metrics))
+            last = step == total
+            if step % config.log_every_steps == 0 or last:
+                flush_metrics(step)
+            if step % config.eval_every_steps == 0 or last:
+                flush_metrics(step)
+                eval_start = time.perf_counter()
+                evaluator.log_eval(step, state.params, "validation", max_examples=config.data.max_eval_examples)
+                progress.exclude_pause(time.perf_counter() - eval_start)
+            if step % config.checkpoint_every_steps == 0 or last or stop.received:
+                flush_metrics(step)
+                ckpt.save(step, state, train_iter)
+                last_saved = step
+            if stop.received:
+                ckpt.close()
+                log.print(f"SIGTERM: saved checkpoint step {step} in {ckpt.directory}; run the same command "
+                          "again to resume.")
+                return RunResult(Path(), step, {}, ckpt.directory, preempted=True)
+
+    test_metrics = evaluator.log_eval(total, state.params, "test")
+    ckpt.close()
+    elapsed = format_duration(time.perf_counter() - started)
+    shown = ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
+    log.print(f"done: {total} steps in {elapsed}. test: {shown}")
+    log.print(f"checkpoints: {ckpt.directory} (latest step {ckpt.latest_step()}); metrics: "
+              f"{log_path(ckpt.directory)}")
+    return RunResult(Path(), total, test_metrics, ckpt.directory)
+
+
+def log_path(checkpoint_dir: Path) -> Path:
+    """metrics.jsonl beside the checkpoints directory."""
+    return checkpoint_dir.parent / "metrics.jsonl"

@@ -1,0 +1,103 @@
+"""Where metrics go: the console, TensorBoard event files, and `<workdir>/metrics.jsonl` (one JSON per event).
+
+Only process 0 writes; the other processes' writers are silent, so callers need no `if process_index == 0`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import jax
+
+
+def format_duration(seconds: float) -> str:
+    """3725 -> '1h02m05s'; 65 -> '1m05s'."""
+    seconds = int(max(seconds, 0))
+    hours, rest = divmod(seconds, 3600)
+    minutes, secs = divmod(rest, 60)
+    if hours:
+        return f"{hours}h{minutes:02d}m{secs:02d}s"
+    return f"{minutes}m{secs:02d}s" if minutes else f"{secs}s"
+
+
+class MetricsLog:
+    """Writes train and eval events to the console, TensorBoard and metrics.jsonl."""
+
+    def __init__(self, workdir: Path, *, enabled: bool | None = None):
+        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+        self._jsonl = None
+        self._tb = None
+        if self.enabled:
+            from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
+
+            self._jsonl = open(Path(workdir) / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
+            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=10)
+
+    def print(self, message: str) -> None:
+        """A line for people (process 0 only)."""
+        if self.enabled:
+            print(message, flush=True)
+
+    def write(self, step: int, split: str, metrics: dict[str, float]) -> None:
+        """Record one event: a JSON line, TensorBoard scalars under `<split>/<name>`."""
+        if not self.enabled:
+            return
+        clean = {k: (float(v) if isinstance(v, int | float) and math.isfinite(v) else None if
+                     isinstance(v, float) else v) for k, v in metrics.items()}
+        self._jsonl.write(json.dumps({"step": step, "split": split, **clean}, ensure_ascii=False) + "\n")
+        self._jsonl.flush()
+        for name, value in metrics.items():
+            if isinstance(value, int | float) and math.isfinite(value):
+                self._tb.add_scalar(f"{split}/{name}", value, step)
+
+    def text(self, step: int, tag: str, text: str) -> None:
+        """A text sample (e.g. decoded predictions) in TensorBoard and on the console."""
+        if self.enabled:
+            self._tb.add_text(tag, text, step)
+            print(text, flush=True)
+
+    def close(self) -> None:
+        if self.enabled:
+            self._jsonl.close()
+            self._tb.close()
+
+
+class Progress:
+    """One console line per log step: step, loss, accuracy, learning rate, tokens/s, ETA."""
+
+    def __init__(self, total_steps: int, start_step: int):
+        self.total = total_steps
+        self._last_step = start_step
+        self._last_time = time.perf_counter()
+        self._start_time = self._last_time
+        self._start_step = start_step
+
+    def exclude_pause(self, seconds: float) -> None:
+        """Leave time spent outside training steps (evaluation, checkpointing) out of tokens/s and ETA."""
+        self._last_time += seconds
+        self._start_time += seconds
+
+    def line(self, step: int, metrics: dict[str, float], tokens: float) -> tuple[str, float]:
+        """The progress line and the measured tokens/s since the previous line."""
+        now = time.perf_counter()
+        elapsed = max(now - self._last_time, 1e-9)
+        steps = max(step - self._last_step, 1)
+        tokens_per_sec = tokens / elapsed
+        done = max(step - self._start_step, 1)
+        eta = (now - self._start_time) / done * (self.total - step)
+        self._last_time, self._last_step = now, step
+        width = len(str(self.total))
+        text = (f"step {step:>{width}}/{self.total} | loss {metrics['loss']:.4f} | acc {metrics['accuracy']:.3f} | "
+                f"lr {metrics['learning_rate']:.2e} | {tokens_per_sec / 1e3:,.1f}k tok/s | "
+                f"{elapsed / steps * 1e3:.0f} ms/step | ETA {format_duration(eta)}")
+        return text, tokens_per_sec
+
+
+def write_line(message: str) -> None:
+    """Print to stderr (warnings that must be seen even when stdout is piped)."""
+    print(message, file=sys.stderr, flush=True)

@@ -1,0 +1,83 @@
+"""The train state (an explicit pytree) and its sharded creation.
+
+Parameters and optimizer state are created by one jit whose out_shardings come from an abstract init
+(`jax.eval_shape`), so no host ever holds the whole model.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from sora_jax import sharding
+
+
+class TrainState(flax.struct.PyTreeNode):
+    """Everything a train step reads and writes: step, params, optimizer state, and the dropout RNG key."""
+
+    step: jax.Array
+    params: Any
+    opt_state: Any
+    rng: jax.Array
+
+
+def _opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any, abstract_params: Any,
+                         param_shardings: Any, mesh: Mesh) -> Any:
+    # Optimizer leaves shaped like their parameter (Adam moments) share its sharding; others (counters,
+    # Adafactor's factored row/column statistics) are small and replicated.
+    replicated = NamedSharding(mesh, PartitionSpec())
+
+    def for_leaf(state_leaf: Any, param: Any, param_sharding: NamedSharding) -> NamedSharding:
+        return param_sharding if state_leaf.shape == param.shape else replicated
+
+    return optax.tree_map_params(
+        tx, for_leaf, abstract_opt_state, abstract_params, param_shardings,
+        transform_non_params=lambda _: replicated,
+        is_leaf=lambda x: isinstance(x, NamedSharding),
+    )
+
+
+def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh: Mesh,
+                       rules: Any, seed: int) -> tuple[TrainState, TrainState]:
+    """Initialize a sharded TrainState; return it and the tree of its shardings.
+
+    `init_params(rng)` returns the model's params with logical partitioning boxes (flax `model.init(...)`).
+    """
+    abstract_boxed = jax.eval_shape(init_params, jax.random.key(0))
+    param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
+    sharding.check_divisible(abstract_boxed, param_shardings)
+    abstract_params = nn.unbox(abstract_boxed)
+    abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+    replicated = NamedSharding(mesh, PartitionSpec())
+    state_shardings = TrainState(
+        step=replicated,
+        params=param_shardings,
+        opt_state=_opt_state_shardings(tx, abstract_opt_state, abstract_params, param_shardings, mesh),
+        rng=replicated,
+    )
+
+    def init(key: jax.Array) -> TrainState:
+        params_key, dropout_key = jax.random.split(key)
+        params = nn.unbox(init_params(params_key))
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+                          rng=dropout_key)
+
+    state = jax.jit(init, out_shardings=state_shardings)(jax.random.key(seed))
+    return state, state_shardings
+
+
+def abstract_train_state(state_shardings: TrainState, state: TrainState) -> TrainState:
+    """ShapeDtypeStructs carrying the target shardings: what a checkpoint restore fills in."""
+    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+
+
+def count_params(params: Any) -> int:
+    """Number of parameter scalars."""
+    return sum(x.size for x in jax.tree.leaves(params))

@@ -1,0 +1,120 @@
+"""The train and eval steps: pure functions of (state, batch), compiled once with explicit shardings."""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import optax
+from flax import linen as nn
+from jax.sharding import NamedSharding
+
+from sora_jax import sharding
+from sora_jax.model import EncoderDecoder, shift_right_packed
+from sora_jax.training.loss import loss_sums
+from sora_jax.training.state import TrainState
+
+
+def model_logits(model: EncoderDecoder, params: Any, batch: dict[str, jax.Array], *,
+                 dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Teacher-forced logits for a (packed or padded) batch."""
+    decoder_inputs = shift_right_packed(batch["decoder_target_tokens"], batch["decoder_segment_ids"],
+                                        model.config.decoder_start_id)
+    return model.apply(
+        {"params": params},
+        batch["encoder_input_tokens"],
+        decoder_inputs,
+        encoder_segment_ids=batch["encoder_segment_ids"],
+        decoder_segment_ids=batch["decoder_segment_ids"],
+        encoder_positions=batch["encoder_positions"],
+        decoder_positions=batch["decoder_positions"],
+        enable_dropout=dropout_rng is not None,
+        rngs={"dropout": dropout_rng} if dropout_rng is not None else None,
+    )
+
+
+def _target_weights(batch: dict[str, jax.Array]) -> jax.Array:
+    return (batch["decoder_segment_ids"] > 0).astype(jnp.float32)
+
+
+def _real_tokens(batch: dict[str, jax.Array]) -> jax.Array:
+    return jnp.sum(batch["encoder_segment_ids"] > 0) + jnp.sum(batch["decoder_segment_ids"] > 0)
+
+
+def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: EncoderDecoder,
+               tx: optax.GradientTransformation, schedule: optax.Schedule, label_smoothing: float,
+               z_loss: float, grad_accum_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
+    """One optimizer update on `batch`; with grad_accum_steps > 1, gradients are summed over microbatches.
+
+    Losses are summed and divided by the token count of the whole batch once, so accumulation gives exactly
+    the gradient of the big batch (token-weighted, not an average of microbatch means).
+    """
+    step_rng = jax.random.fold_in(state.rng, state.step)
+
+    def summed_loss(params: Any, micro: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+        logits_BLV = model_logits(model, params, micro, dropout_rng=rng)
+        sums = loss_sums(logits_BLV, micro["decoder_target_tokens"], _target_weights(micro),
+                         label_smoothing=label_smoothing, z_loss=z_loss)
+        return sums["loss_sum"], sums
+
+    grad_fn = jax.grad(summed_loss, has_aux=True)
+    if grad_accum_steps == 1:
+        grads, sums = grad_fn(state.params, batch, step_rng)
+    else:
+        # Row i of microbatch k is row i*A + k of the batch: each device keeps its own rows (no reshuffle).
+        def split(x: jax.Array) -> jax.Array:
+            x = x.reshape(x.shape[0] // grad_accum_steps, grad_accum_steps, *x.shape[1:])
+            return jnp.swapaxes(x, 0, 1)
+
+        micros = jax.tree.map(split, batch)
+
+        def accumulate(carry: tuple[Any, dict], xs: tuple[dict, jax.Array]) -> tuple[tuple[Any, dict], None]:
+            micro, index = xs
+            micro = jax.tree.map(lambda x: nn.with_logical_constraint(x, ("batch", "length")), micro)
+            grads, sums = grad_fn(state.params, micro, jax.random.fold_in(step_rng, index))
+            return jax.tree.map(jnp.add, carry, (grads, sums)), None
+
+        zeros = jax.tree.map(jnp.zeros_like, state.params)
+        zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "z_loss_sum", "correct_sum", "weight_sum")}
+        (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums),
+                                        (micros, jnp.arange(grad_accum_steps)))
+
+    weight = jnp.maximum(sums["weight_sum"], 1.0)
+    grads = jax.tree.map(lambda g: g / weight, grads)
+    updates, opt_state = tx.update(grads, state.opt_state, state.params)
+    params = optax.apply_updates(state.params, updates)
+    metrics = {
+        "loss": sums["loss_sum"] / weight,
+        "z_loss": sums["z_loss_sum"] / weight,
+        "accuracy": sums["correct_sum"] / weight,
+        "grad_norm": optax.global_norm(grads),
+        "learning_rate": schedule(state.step),
+        "tokens": _real_tokens(batch).astype(jnp.float32),
+    }
+    return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
+
+
+def eval_step(params: Any, batch: dict[str, jax.Array], *, model: EncoderDecoder) -> dict[str, jax.Array]:
+    """Summed cross-entropy (no smoothing, no z-loss), correct tokens and token count of a batch."""
+    logits_BLV = model_logits(model, params, batch)
+    return loss_sums(logits_BLV, batch["decoder_target_tokens"], _target_weights(batch))
+
+
+def compile_train_step(model: EncoderDecoder, tx: optax.GradientTransformation, schedule: optax.Schedule,
+                       config: Any, state_shardings: TrainState, mesh: jax.sharding.Mesh) -> Callable:
+    """jit the train step with the state's shardings in and out, the batch over the data axes, state donated."""
+    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+                             label_smoothing=config.loss.label_smoothing, z_loss=config.loss.z_loss,
+                             grad_accum_steps=config.grad_accum_steps)
+    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
+                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+
+
+def compile_eval_step(model: EncoderDecoder, param_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
+    """jit the eval step: params keep their shardings, batch over the data axes, sums replicated."""
+    replicated: NamedSharding = sharding.replicated(mesh)
+    return jax.jit(functools.partial(eval_step, model=model),
+                   in_shardings=(param_shardings, sharding.batch_sharding(mesh)), out_shardings=replicated)
