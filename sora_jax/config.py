@@ -184,7 +184,7 @@ def _parse_value(key: str, text: str, current: Any, kind: type | None) -> Any:
         value = float(value)
     if expected is tuple and isinstance(value, list):
         value = tuple(value)
-    if expected not in (type(None),) and not isinstance(value, expected):
+    if expected is int and isinstance(value, bool) or not isinstance(value, expected):
         raise SoraError(f"--config.{key}={text}: expected a value of type {expected.__name__}.")
     return value
 
@@ -224,7 +224,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     for key in ("num_train_steps", "batch_size", "log_every_steps", "eval_every_steps", "checkpoint_every_steps",
                 "keep_checkpoints", "grad_accum_steps"):
         value = config[key]
-        require(isinstance(value, int) and value > 0, f"config.{key} must be a positive integer, got {value!r}.")
+        require(isinstance(value, int) and not isinstance(value, bool) and value > 0,
+                f"config.{key} must be a positive integer, got {value!r}.")
     require(config.batch_size % config.grad_accum_steps == 0,
             f"config.batch_size={config.batch_size} is not divisible by "
             f"config.grad_accum_steps={config.grad_accum_steps}; pick values whose ratio is an integer.")

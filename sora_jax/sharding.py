@@ -31,7 +31,7 @@ def resolve_mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ..
     if -1 in shape:
         if num_devices % known:
             raise SoraError(
-                f"config.mesh {dict(zip(MESH_AXES, shape))} cannot fill {num_devices} devices: "
+                f"config.mesh {dict(zip(MESH_AXES, shape, strict=True))} cannot fill {num_devices} devices: "
                 f"{num_devices} is not divisible by {known}. Choose axis sizes whose product divides it.")
         shape[shape.index(-1)] = num_devices // known
     if math.prod(shape) != num_devices:

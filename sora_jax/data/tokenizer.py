@@ -102,8 +102,10 @@ def _train_into(model: io.BytesIO, sentences: list[str], vocab_size: int, model_
         byte_fallback=True,
         pad_id=PAD_ID, eos_id=EOS_ID, unk_id=UNK_ID, bos_id=-1,
         hard_vocab_limit=False,  # Small corpora (tests, tiny datasets) may not support the full vocab size.
-        input_sentence_size=max_sentences,
-        shuffle_input_sentence=True,
+        input_sentence_size=0,  # The caller already capped the sentences; sentencepiece rejects small caps.
+        # Identity normalization: decoded text must equal the original (full-width Chinese punctuation
+        # included), or exact match and BLEU against raw targets would be wrong.
+        normalization_rule_name="identity",
         num_threads=2,
         minloglevel=2,
         max_sentence_length=1 << 14,

@@ -232,6 +232,10 @@ class EncoderDecoder(nn.Module):
       cache = vars["cache"]      # cache_index 0; encoder keys/values already projected
       loop: logits_B1V, vars = model.apply({"params": params, "cache": cache}, encoded, enc_tokens, tok_B1,
                                            decode=True, method=model.decode, mutable=["cache"])
+            cache = vars["cache"]
+    The first step feeds the start token (position 0); at most N tokens may be fed in total (further writes
+    would be clamped onto the last slot). Every cache leaf except the scalar decoder/cache_index has batch
+    on axis 0 (also when scanned), so beams can be expanded/gathered with one tree_map skipping scalars.
     """
 
     config: ModelConfig

