@@ -36,6 +36,10 @@ OPTIONS = {
     "kind": "files: classification | translation | generation (default generation)",
     "labels": "files: the target strings of a classification task",
     "target_language": "files: language of the targets, 'en' (default) or 'zh' etc.",
+    "num_examples": "synthetic: training examples (default 20000)",
+    "input_words": "synthetic: words per input (default 48)",
+    "target_words": "synthetic: words per target, the input's first words reversed (default 8)",
+    "vocab_words": "synthetic: distinct words (default 1000)",
     "download": "wmt19_zh_en: download and prepare if not prepared yet (default True; needs network)",
 }
 
@@ -268,6 +272,23 @@ register(
         name="files",
         kind="generation",
         make_builder=_make_files,
+        to_text_pair=files_to_text_pair,
+    )
+)
+
+
+# --- synthetic random-word pairs (throughput runs, no corpus needed) --------------------------------------
+def _make_synthetic(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+    sizes = {k: int(options.get(k, default)) for k, default in
+             (("num_examples", 20_000), ("input_words", 48), ("target_words", 8), ("vocab_words", 1000))}
+    return builders.prepare(builders.SyntheticPairs, data_dir, **sizes)
+
+
+register(
+    Task(
+        name="synthetic",
+        kind="generation",
+        make_builder=_make_synthetic,
         to_text_pair=files_to_text_pair,
     )
 )

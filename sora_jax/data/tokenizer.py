@@ -54,13 +54,14 @@ class Tokenizer:
         return self._sp.encode(list(texts), out_type=int)
 
     def decode(self, ids: Iterable[Sequence[int]] | np.ndarray) -> list[str]:
-        """Texts of each id row; each row is cut at its first EOS and padding is dropped."""
+        """Texts of each id row; each row is cut at its first EOS; padding and out-of-vocabulary ids are dropped."""
         texts = []
         for row in ids:
             row = [int(t) for t in row]
             if EOS_ID in row:
                 row = row[: row.index(EOS_ID)]
-            texts.append(self._sp.decode([t for t in row if t != PAD_ID]))
+            # Ids past the vocabulary come from the model's padded embedding rows: they have no text.
+            texts.append(self._sp.decode([t for t in row if t != PAD_ID and t < self.vocab_size]))
         return texts
 
     def save(self, path: Path) -> None:

@@ -24,6 +24,11 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="config file, optionally with an argument: configs/NAME.py[:ARG]")
     parser.add_argument("--workdir", default="", help="run directory (default: runs/<config name>)")
+    parser.add_argument("--dry_run", action="store_true",
+                        help="show the mesh, parameters, shardings and memory of the compiled step, then exit")
+    parser.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
+    parser.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
+    parser.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
     overrides: dict[str, str] = {}
     rest = []
     args_iter = iter(argv)
@@ -50,13 +55,19 @@ def main(argv: Sequence[str] | None = None) -> int:
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     from sora_jax import config as config_lib
+    from sora_jax import distributed
     from sora_jax.errors import SoraError
+    from sora_jax.training.dry_run import dry_run
     from sora_jax.training.loop import run
 
     try:
         config = config_lib.load_config_file(args.config)
         config_lib.apply_overrides(config, overrides)
         config_lib.validate(config)
+        distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        if args.dry_run:
+            dry_run(config)
+            return 0
         workdir = Path(args.workdir) if args.workdir else default_workdir(args.config)
         run(config, workdir)
     except SoraError as e:

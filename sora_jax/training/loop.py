@@ -22,8 +22,6 @@ from sora_jax.data import builders, pipeline
 from sora_jax.data.tasks import get_task
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator
-from sora_jax.model import EncoderDecoder
-from sora_jax.training import optimizer as optimizer_lib
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
 from sora_jax.training.metrics_log import MetricsLog, Progress, format_duration
@@ -114,19 +112,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
         process_index=jax.process_index(), process_count=processes))
 
     # Model, optimizer, and the sharded train state: restored from the newest checkpoint, else initialized.
-    model = EncoderDecoder(model_config)
-    schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_train_steps)
-    tx = optimizer_lib.make_optimizer(config.optimizer, schedule)
-    dummy_tokens = np.zeros((1, 8), np.int32)
-
-    def init_params(rng: jax.Array) -> Any:
-        return model.init(rng, dummy_tokens, dummy_tokens)["params"]
-
-    abstract_state, state_shardings = state_lib.train_state_shardings(init_params, tx, mesh, rules)
+    setup = state_lib.build_training_setup(config, model_config, mesh, rules)
     ckpt = checkpoint.Checkpointer(work.checkpoint_dir, keep=config.keep_checkpoints)
-    restored = ckpt.restore(abstract_state, train_iter)
+    restored = ckpt.restore(setup.abstract_state, train_iter)
     if restored is None:
-        state, resumed_from = state_lib.init_train_state(init_params, tx, state_shardings, config.seed), None
+        state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, config.seed)
+        resumed_from = None
     else:
         state, resumed_from = restored
         log.print(f"resumed from checkpoint step {resumed_from} in {ckpt.directory}")
@@ -141,8 +132,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
                       "to train again.")
             return result
         with sharding.activate(mesh, rules):
-            evaluator = Evaluator(model, task, builder, tokenizer, config, mesh, state_shardings.params, log)
-            train_step = step_lib.compile_train_step(model, tx, schedule, config, state_shardings, mesh)
+            evaluator = Evaluator(setup.model, task, builder, tokenizer, config, mesh, setup.state_shardings.params,
+                                  log)
+            train_step = step_lib.compile_train_step(setup, config, mesh)
             _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, result)
         return result
     finally:

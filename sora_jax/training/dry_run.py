@@ -1,0 +1,81 @@
+"""`train.py --dry_run`: what a config would put on each device, without data, training or checkpoints."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import ml_collections
+import numpy as np
+
+from sora_jax import config as config_lib
+from sora_jax import sharding
+from sora_jax.data.pipeline import BATCH_KEYS
+from sora_jax.data.tokenizer import Tokenizer
+from sora_jax.training import state as state_lib
+from sora_jax.training import step as step_lib
+from sora_jax.training.workdir import VOCAB_MULTIPLE, resolve_model_config
+
+
+def _vocab_size(config: ml_collections.ConfigDict) -> int:
+    # No data is read: the vocabulary is the configured tokenizer's, or the size a new one is trained to.
+    if config.tokenizer.model_path:
+        return Tokenizer.load(config.tokenizer.model_path).vocab_size
+    return config.tokenizer.vocab_size
+
+
+def _bytes_per_device(abstract_tree: object) -> int:
+    total = 0
+    for leaf in jax.tree.leaves(abstract_tree):
+        shard_shape = leaf.sharding.shard_shape(leaf.shape)
+        total += math.prod(shard_shape) * jnp.dtype(leaf.dtype).itemsize
+    return total
+
+
+def _gib(num_bytes: float) -> str:
+    return f"{num_bytes / 2**30:.3f} GiB"
+
+
+def dry_run(config: ml_collections.ConfigDict) -> dict[str, int]:
+    """Print the mesh, every parameter's shape and PartitionSpec, per-device state bytes and the compiled
+    train step's memory analysis; return the byte counts (for tests)."""
+    config_lib.validate(config)
+    mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
+    rules = sharding.check_rules(config.mesh.logical_axis_rules)
+    model_config = resolve_model_config(config.model, _vocab_size(config))
+    setup = state_lib.build_training_setup(config, model_config, mesh, rules)
+    abstract = setup.abstract_state
+    print(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].device_kind} device(s), "
+          f"{jax.process_count()} process(es)")
+    print(f"model: preset {config.model.preset}, vocab {model_config.vocab_size} (padded to a multiple of "
+          f"{VOCAB_MULTIPLE}), dtype {model_config.dtype}, params {model_config.param_dtype}")
+    print(f"{'parameter':<58} {'shape':<20} {'dtype':<9} partition")
+    for path, leaf in jax.tree_util.tree_leaves_with_path(abstract.params):
+        name = "/".join(str(getattr(k, "key", k)) for k in path)
+        print(f"{name:<58} {str(leaf.shape):<20} {str(leaf.dtype):<9} {leaf.sharding.spec}")
+    num_params = state_lib.count_params(abstract.params)
+    param_bytes, opt_bytes = _bytes_per_device(abstract.params), _bytes_per_device(abstract.opt_state)
+    print(f"parameters: {num_params:,} | per device: params {_gib(param_bytes)}, optimizer state "
+          f"{_gib(opt_bytes)} ({config.optimizer.name})")
+
+    batch_spec = sharding.batch_sharding(mesh)
+    lengths = {"encoder": config.data.max_input_length, "decoder": config.data.max_target_length}
+    abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, lengths[k.split("_")[0]]), np.int32,
+                                              sharding=batch_spec) for k in BATCH_KEYS}
+    with sharding.activate(mesh, rules):
+        compiled = step_lib.compile_train_step(setup, config, mesh).lower(abstract, abstract_batch).compile()
+    memory = compiled.memory_analysis()
+    result = {"params": num_params, "param_bytes_per_device": param_bytes, "opt_bytes_per_device": opt_bytes}
+    if memory is not None:
+        fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
+                  "generated_code_size_in_bytes")
+        shown = ", ".join(f"{f.removesuffix('_size_in_bytes')} {_gib(getattr(memory, f))}" for f in fields)
+        print(f"compiled train step, per device: {shown}")
+        result["temp_bytes_per_device"] = memory.temp_size_in_bytes
+    print(f"batch: {config.batch_size} rows x ({lengths['encoder']} + {lengths['decoder']}) tokens, "
+          f"{config.batch_size // sharding.data_parallel_size(mesh)} rows per data-parallel shard")
+    return result
+
+
+
