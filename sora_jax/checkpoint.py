@@ -73,7 +73,7 @@ class Checkpointer:
         current config is an error (it would be a different model); one that cannot be read is skipped.
         """
         for step in reversed(self.steps()):
-            self._check_shapes(step, abstract_state)
+            self._check_shapes(step, abstract_state.params)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
@@ -89,12 +89,28 @@ class Checkpointer:
                             "the directory away to start fresh, or restore it from a backup.")
         return None
 
-    def _check_shapes(self, step: int, abstract_state: Any) -> None:
+    def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
+        """Only the parameters of checkpoint `step` (default: the newest), placed on `abstract_params`'
+        shardings: what eval and inference need, without reading the optimizer state."""
+        steps = self.steps()
+        if not steps:
+            raise SoraError(f"no checkpoint in {self.directory}: train first, or point --workdir at a trained run.")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise SoraError(f"there is no checkpoint step {step} in {self.directory}; available: {steps}.")
+        self._check_shapes(step, abstract_params)
+        target = {"params": abstract_params}
+        with ocp.PyTreeCheckpointer() as reader:
+            restored = reader.restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
+                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+        return restored["params"], step
+
+    def _check_shapes(self, step: int, abstract_params: Any) -> None:
         try:
             saved_params = self._manager.item_metadata(step)["state"]["params"]
         except Exception:  # noqa: BLE001 - unreadable metadata is handled by the restore attempt that follows.
             return
-        problems = _shape_mismatches(saved_params, abstract_state.params)
+        problems = _shape_mismatches(saved_params, abstract_params)
         if problems:
             raise SoraError(f"checkpoint {self.directory}/{step} does not match this config: {problems[0]}"
                             f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}. Use the "

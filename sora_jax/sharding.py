@@ -105,7 +105,7 @@ def check_divisible(abstract_tree: Any, shardings: Any) -> None:
                 continue
             size = math.prod(sharding.mesh.shape[a] for a in (axes if isinstance(axes, tuple) else (axes,)))
             if dim % size:
-                name = jax.tree_util.keystr(path)
+                name = "/".join(str(getattr(k, "key", k)) for k in path)
                 raise SoraError(f"{name} has shape {leaf.shape}: dimension {dim} is not divisible by the {size} "
                                 f"devices of mesh axes {axes}; change the model size or config.mesh.")
 

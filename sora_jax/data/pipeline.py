@@ -136,7 +136,9 @@ def train_dataset(pairs: grain.MapDataset, tokenizer: Tokenizer, *, batch_size: 
         )
     else:
         rows = examples.map(PadExample(max_input_length, max_target_length)).to_iter_dataset()
-    return rows.batch(batch_size, drop_remainder=True).map(ToModelBatch())
+    batches = rows.batch(batch_size, drop_remainder=True).map(ToModelBatch())
+    # A background thread prepares the next batches while the device computes (the state stays exact).
+    return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=2)
 
 
 @dataclasses.dataclass(frozen=True)
