@@ -8,15 +8,16 @@ import sys
 from pathlib import Path
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 from jax.sharding import PartitionSpec as P
 
-from sora_jax import checkpoint, config as config_lib, sharding
+from sora_jax import checkpoint, sharding
+from sora_jax import config as config_lib
 from sora_jax.errors import SoraError
 from sora_jax.model import PRESETS, ModelConfig
-from sora_jax.training import state as state_lib, step as step_lib
+from sora_jax.training import state as state_lib
+from sora_jax.training import step as step_lib
 from sora_jax.training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -85,7 +86,8 @@ def test_unknown_logical_axis_or_mesh_axis_is_refused():
 def test_dimension_not_divisible_by_its_mesh_axes_names_the_parameter():
     config = make_config(data=1, fsdp=1, tensor=8)
     mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
-    with pytest.raises(SoraError, match=r"decoder/layers_0/cross_attention/k/kernel has shape \(64, 4, 16\): dimension 4 is not divisible by the 8 devices"):
+    expected = r"decoder/layers_0/cross_attention/k/kernel has shape \(64, 4, 16\): dimension 4 is not divisible"
+    with pytest.raises(SoraError, match=expected):
         make_setup(config, mesh)  # 4 heads over 8 tensor-parallel devices
 
 
