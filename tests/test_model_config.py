@@ -72,8 +72,8 @@ def test_t5_v1_1_presets_match_hf_sizes(name, d_model, d_ff, heads, layers):
 
 def test_small_cpu_preset_and_frozen():
     cfg = ModelConfig.from_preset("small_cpu", vocab_size=8000)
-    assert (cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff) == (256, 4, 64, 1024)
-    assert (cfg.num_encoder_layers, cfg.num_decoder_layers) == (3, 3)
+    assert (cfg.d_model, cfg.num_heads, cfg.d_kv, cfg.d_ff) == (128, 4, 32, 512)
+    assert (cfg.num_encoder_layers, cfg.num_decoder_layers) == (2, 2)
     with pytest.raises(dataclasses.FrozenInstanceError):
         cfg.d_model = 8
 

