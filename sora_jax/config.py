@@ -64,6 +64,9 @@ def base_config() -> ml_collections.ConfigDict:
     """Every config key with its default: the schema that config files and overrides are checked against."""
     c = ml_collections.ConfigDict()
     c.seed = 0
+    # PRNG of the dropout keys: "rbg" draws dropout masks several times faster than "threefry2x32" on CPU and GPU.
+    c.rng_impl = "rbg"
+    c.init_from = ""  # "hf:/path/to/dir": start from a pretrained Hugging Face T5 checkpoint (see README).
     c.num_train_steps = 1000
     c.batch_size = 64  # Global: all devices and hosts together.
     c.grad_accum_steps = 1
@@ -232,6 +235,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     data = config.data
     require(data.max_input_length > 0 and data.max_target_length > 0, "config.data max lengths must be positive.")
     require(data.eval_batch_size > 0, "config.data.eval_batch_size must be positive.")
+    require(config.rng_impl in ("threefry2x32", "rbg", "unsafe_rbg"),
+            f"config.rng_impl={config.rng_impl!r}: use threefry2x32, rbg or unsafe_rbg.")
     require(config.optimizer.name in ("adamw", "adafactor", "sgd"),
             f"config.optimizer.name={config.optimizer.name!r}: use adamw, adafactor or sgd.")
     require(config.optimizer.schedule in ("cosine", "rsqrt", "constant"),

@@ -208,12 +208,12 @@ def accumulation_setup():
     params = _random_params(model)
     tx = optax.sgd(0.5)
     state = TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                       rng=jax.random.key(0))
+                       rng=jax.random.key_data(jax.random.key(0, impl="rbg")))
     batch = {k: jnp.asarray(v) for k, v in _padded_batch().items()}
     results = {}
     for accum in (1, 2):
         step = functools.partial(train_step, model=model, tx=tx, schedule=optax.constant_schedule(0.5),
-                                 label_smoothing=0.1, z_loss=1e-3, grad_accum_steps=accum)
+                                 label_smoothing=0.1, z_loss=1e-3, grad_accum_steps=accum, rng_impl="rbg")
         step = jax.jit(step, compiler_options=FAST_COMPILE)
         results[accum] = step(state, batch)
     return model, state, batch, results

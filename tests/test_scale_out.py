@@ -53,7 +53,7 @@ def train_steps(mesh_sizes: dict[str, int], num_steps: int = 3):
     config = make_config(**mesh_sizes)
     mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
     setup = make_setup(config, mesh)
-    state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, seed=0)
+    state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, 0, setup.rng_impl)
     losses = []
     with sharding.activate(mesh, RULES):
         train_step = step_lib.compile_train_step(setup, config, mesh)
@@ -102,7 +102,7 @@ def test_batch_not_divisible_by_data_parallel_degree_fails_before_compiling(tmp_
 
 def test_state_is_created_sharded_by_the_logical_rules():
     _, _, setup, mesh = train_steps({"data": 2, "fsdp": 2, "tensor": 2}, num_steps=0)
-    state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, seed=0)
+    state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, 0, setup.rng_impl)
     wi = state.params["encoder"]["layers_0"]["mlp"]["wi_0"]["kernel"]  # logical ("embed", "mlp")
     assert wi.sharding.spec == P("fsdp", "tensor")
     assert wi.addressable_shards[0].data.shape == (wi.shape[0] // 2, wi.shape[1] // 2)

@@ -22,6 +22,7 @@ from sora_jax.data import builders, pipeline
 from sora_jax.data.tasks import get_task
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator
+from sora_jax.training import pretrained
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
 from sora_jax.training.metrics_log import MetricsLog, Progress, format_duration
@@ -85,6 +86,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
     """Train (or resume training) `config` in `workdir`, evaluate on the test split, return the results."""
     # Input checks first: nothing below is compiled until the config, mesh and workdir agree.
     config_lib.validate(config)
+    config = config.copy_and_resolve_references()  # Filled in below; the caller's config stays as it was.
+    if config.init_from:
+        pretrained.apply_pretrained_architecture(config)
     mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     _check_batch_sizes(config, mesh)
@@ -116,7 +120,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
     ckpt = checkpoint.Checkpointer(work.checkpoint_dir, keep=config.keep_checkpoints)
     restored = ckpt.restore(setup.abstract_state, train_iter)
     if restored is None:
-        state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, config.seed)
+        state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, config.seed,
+                                           setup.rng_impl)
+        if config.init_from:
+            state = state.replace(params=pretrained.load_pretrained_params(
+                config.init_from, model_config, setup.state_shardings.params))
+            log.print(f"initialized the parameters from {config.init_from}")
         resumed_from = None
     else:
         state, resumed_from = restored

@@ -30,7 +30,7 @@ class TrainState(flax.struct.PyTreeNode):
     step: jax.Array
     params: Any
     opt_state: Any
-    rng: jax.Array
+    rng: jax.Array  # Raw key data (uint32); `rng_impl` says how to read it.
 
 
 def _opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: Any, abstract_params: Any,
@@ -50,7 +50,7 @@ def _opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: A
 
 
 def train_state_shardings(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                          mesh: Mesh, rules: Any) -> tuple[TrainState, TrainState]:
+                          mesh: Mesh, rules: Any, rng_impl: str) -> tuple[TrainState, TrainState]:
     """The abstract TrainState (ShapeDtypeStructs carrying their shardings) and the tree of shardings.
 
     `init_params(rng)` returns the model's params with logical partitioning boxes (flax `model.init(...)`).
@@ -69,27 +69,27 @@ def train_state_shardings(init_params: Callable[[jax.Array], Any], tx: optax.Gra
         rng=replicated,
     )
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
-                          opt_state=abstract_opt_state, rng=jax.eval_shape(lambda: _rng_key(0)))
+                          opt_state=abstract_opt_state, rng=jax.eval_shape(lambda: _rng_data(0, rng_impl)))
     abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), abstract, shardings)
     return abstract, shardings
 
 
-def _rng_key(seed: int) -> jax.Array:
-    # A raw uint32 key (not a typed key) so that checkpoints hold a plain array.
-    return jax.random.PRNGKey(seed)
+def _rng_data(seed: int, rng_impl: str) -> jax.Array:
+    # Raw uint32 key data, not a typed key, so that checkpoints hold a plain array.
+    return jax.random.key_data(jax.random.key(seed, impl=rng_impl))
 
 
 def init_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                     shardings: TrainState, seed: int) -> TrainState:
+                     shardings: TrainState, seed: int, rng_impl: str) -> TrainState:
     """A fresh TrainState, created directly with its shardings (one jit; nothing whole on one host)."""
 
-    def init(key: jax.Array) -> TrainState:
-        params_key, dropout_key = jax.random.split(key)
+    def init(key_data: jax.Array) -> TrainState:
+        params_key, dropout_key = jax.random.split(jax.random.wrap_key_data(key_data, impl=rng_impl))
         params = nn.unbox(init_params(params_key))
         return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
-                          rng=dropout_key)
+                          rng=jax.random.key_data(dropout_key))
 
-    return jax.jit(init, out_shardings=shardings)(_rng_key(seed))
+    return jax.jit(init, out_shardings=shardings)(_rng_data(seed, rng_impl))
 
 
 def count_params(params: Any) -> int:
@@ -107,6 +107,7 @@ class TrainingSetup:
     init_params: Callable[[jax.Array], Any]
     abstract_state: TrainState
     state_shardings: TrainState
+    rng_impl: str  # jax PRNG implementation of the dropout keys (config.rng_impl).
 
 
 def build_training_setup(config: ml_collections.ConfigDict, model_config: ModelConfig, mesh: Mesh,
@@ -120,5 +121,5 @@ def build_training_setup(config: ml_collections.ConfigDict, model_config: ModelC
     def init_params(rng: jax.Array) -> Any:
         return model.init(rng, dummy_tokens, dummy_tokens)["params"]
 
-    abstract_state, state_shardings = train_state_shardings(init_params, tx, mesh, rules)
-    return TrainingSetup(model, schedule, tx, init_params, abstract_state, state_shardings)
+    abstract_state, state_shardings = train_state_shardings(init_params, tx, mesh, rules, config.rng_impl)
+    return TrainingSetup(model, schedule, tx, init_params, abstract_state, state_shardings, config.rng_impl)

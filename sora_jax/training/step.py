@@ -46,13 +46,13 @@ def _real_tokens(batch: dict[str, jax.Array]) -> jax.Array:
 
 def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: EncoderDecoder,
                tx: optax.GradientTransformation, schedule: optax.Schedule, label_smoothing: float,
-               z_loss: float, grad_accum_steps: int) -> tuple[TrainState, dict[str, jax.Array]]:
+               z_loss: float, grad_accum_steps: int, rng_impl: str) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on `batch`; with grad_accum_steps > 1, gradients are summed over microbatches.
 
     Losses are summed and divided by the token count of the whole batch once, so accumulation gives exactly
     the gradient of the big batch (token-weighted, not an average of microbatch means).
     """
-    step_rng = jax.random.fold_in(state.rng, state.step)
+    step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl), state.step)
 
     def summed_loss(params: Any, micro: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
         logits_BLV = model_logits(model, params, micro, dropout_rng=rng)
@@ -110,7 +110,7 @@ def compile_train_step(setup: TrainingSetup, config: Any, mesh: jax.sharding.Mes
     state_shardings = setup.state_shardings
     step = functools.partial(train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
                              label_smoothing=config.loss.label_smoothing, z_loss=config.loss.z_loss,
-                             grad_accum_steps=config.grad_accum_steps)
+                             grad_accum_steps=config.grad_accum_steps, rng_impl=setup.rng_impl)
     return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
 
