@@ -13,6 +13,7 @@ from typing import Any
 
 import grain.checkpoint
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 from sora_jax.errors import SoraError
@@ -123,3 +124,12 @@ class Checkpointer:
     def close(self) -> None:
         self._manager.wait_until_finished()
         self._manager.close()
+
+
+def read_as_numpy(item_directory: Path) -> Any:
+    """A saved pytree (e.g. `<workdir>/checkpoints/<step>/state`) as host numpy arrays, whatever devices or
+    processes saved it: for inspection, tests and conversion, not for training."""
+    with ocp.PyTreeCheckpointer() as reader:
+        tree = reader.metadata(item_directory).item_metadata.tree
+        restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+        return reader.restore(item_directory, args=ocp.args.PyTreeRestore(restore_args=restore_args))

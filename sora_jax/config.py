@@ -93,6 +93,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.max_input_length = 128
     c.data.max_target_length = 16
     c.data.pack = True
+    # Fixed data shards (0 = one per process). With a fixed number, every global batch is the same whatever
+    # the number of processes reading it.
+    c.data.num_shards = 0
     c.data.num_packing_bins = 16
     c.data.eval_batch_size = 128  # Global.
     c.data.max_eval_examples = 0  # 0 = the whole split; >0 caps validation during training.
@@ -235,6 +238,7 @@ def validate(config: ml_collections.ConfigDict) -> None:
     data = config.data
     require(data.max_input_length > 0 and data.max_target_length > 0, "config.data max lengths must be positive.")
     require(data.eval_batch_size > 0, "config.data.eval_batch_size must be positive.")
+    require(data.num_shards >= 0, "config.data.num_shards must be >= 0 (0 = one shard per process).")
     require(config.rng_impl in ("threefry2x32", "rbg", "unsafe_rbg"),
             f"config.rng_impl={config.rng_impl!r}: use threefry2x32, rbg or unsafe_rbg.")
     require(config.optimizer.name in ("adamw", "adafactor", "sgd"),

@@ -7,9 +7,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from sora_jax import checkpoint
 from sora_jax import config as config_lib
 from sora_jax.errors import SoraError
 from sora_jax.interop import load_hf_t5
@@ -38,8 +38,7 @@ def test_run_starts_from_the_pretrained_params_architecture_and_tokenizer(tmp_pa
     saved = json.loads((tmp_path / "config.json").read_text())
     assert saved["model"]["d_model"] == hf_config["d_model"] and saved["model"]["vocab_size"] == hf_config["vocab_size"]
     assert saved["tokenizer"]["model_path"] == str(FIXTURE / "spiece.model")
-    with ocp.StandardCheckpointer() as reader:
-        state = reader.restore(tmp_path / "checkpoints" / "1" / "state")
+    state = checkpoint.read_as_numpy(tmp_path / "checkpoints" / "1" / "state")
     _, imported, _ = load_hf_t5(FIXTURE)
     leaves = jax.tree_util.tree_leaves_with_path(imported)
     assert len(leaves) == len(jax.tree.leaves(state["params"]))

@@ -13,9 +13,9 @@ from pathlib import Path
 
 import jax
 import numpy as np
-import orbax.checkpoint as ocp
 import pytest
 
+from sora_jax import checkpoint
 from sora_jax import config as config_lib
 from sora_jax.errors import SoraError
 from sora_jax.training.loop import run
@@ -32,8 +32,7 @@ def tiny_config(data_dir: Path, **overrides: str):
 
 def saved_state(workdir: Path, step: int) -> dict:
     """The train state of checkpoint `step` as numpy arrays, read straight from disk."""
-    with ocp.StandardCheckpointer() as checkpointer:
-        return checkpointer.restore(workdir / "checkpoints" / str(step) / "state")
+    return checkpoint.read_as_numpy(workdir / "checkpoints" / str(step) / "state")
 
 
 def assert_trees_equal(a: dict, b: dict) -> None:

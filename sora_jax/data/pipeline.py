@@ -8,7 +8,7 @@ the same number of steps (the compiled step is a collective).
 from __future__ import annotations
 
 import dataclasses
-import math
+import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -173,6 +173,56 @@ def eval_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, global_batch_
         yield EvalBatch(stacked, [t["inputs"] for t in texts], [t["targets"] for t in texts])
 
 
-def num_eval_batches(num_examples: int, global_batch_size: int) -> int:
-    """How many batches `eval_batches` yields for a split of `num_examples`."""
-    return math.ceil(num_examples / global_batch_size)
+
+
+class ShardedBatches:
+    """This process's rows of each global training batch, from the data shards it owns.
+
+    The training split is cut into `num_shards` fixed shards, each with its own grain pipeline that makes
+    `global_batch_size / num_shards` rows per batch. Process p of P owns the contiguous shards
+    [p*S/P, (p+1)*S/P), so row i of every global batch is the same whatever the number of processes: a run
+    on 2 hosts sees exactly the batches that a run on 1 host (with the same `num_shards`) sees. Each process
+    reads and tokenizes only its own shards. `get_state`/`set_state` (JSON bytes, as grain's orbax handler
+    expects of non-grain iterators) make it resumable exactly.
+    """
+
+    def __init__(self, iterators: list[Any]):
+        self._iterators = iterators
+
+    def __iter__(self) -> ShardedBatches:
+        return self
+
+    def __next__(self) -> dict[str, np.ndarray]:
+        parts = [next(it) for it in self._iterators]
+        return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
+
+    def get_state(self) -> bytes:
+        return json.dumps({"shards": [it.get_state() for it in self._iterators]}).encode()
+
+    def set_state(self, state: bytes) -> None:
+        shard_states = json.loads(state)["shards"]
+        if len(shard_states) != len(self._iterators):
+            raise SoraError(f"the checkpoint's data state has {len(shard_states)} shards but this process reads "
+                            f"{len(self._iterators)}; resume with the same config.data.num_shards and process count.")
+        for it, shard_state in zip(self._iterators, shard_states, strict=True):
+            it.set_state(shard_state)
+
+    def start_prefetch(self) -> None:
+        for it in self._iterators:
+            if hasattr(it, "start_prefetch"):
+                it.start_prefetch()
+
+
+def sharded_train_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, global_batch_size: int,
+                          num_shards: int, process_index: int, process_count: int, **options: Any) -> ShardedBatches:
+    """This process's part of every global training batch (see ShardedBatches); `options` go to train_dataset."""
+    if num_shards % process_count or global_batch_size % num_shards:
+        raise SoraError(f"config.data.num_shards={num_shards} must be a multiple of the {process_count} processes "
+                        f"and divide batch_size={global_batch_size}.")
+    per_process = num_shards // process_count
+    owned = range(process_index * per_process, (process_index + 1) * per_process)
+    return ShardedBatches([
+        iter(train_dataset(pairs, tokenizer, batch_size=global_batch_size // num_shards, process_index=shard,
+                           process_count=num_shards, **options))
+        for shard in owned
+    ])

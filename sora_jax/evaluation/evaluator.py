@@ -1,4 +1,8 @@
-"""Evaluation of a split: teacher-forced loss and token accuracy, plus metrics on greedily decoded text."""
+"""Evaluation of a split: teacher-forced loss and token accuracy, plus metrics on decoded text.
+
+Training's periodic eval decodes greedily; `sora-eval` passes other DecodeOptions (beam search, sampling)
+through the same code.
+"""
 
 from __future__ import annotations
 
@@ -13,7 +17,7 @@ from sora_jax import sharding
 from sora_jax.data import builders, pipeline
 from sora_jax.data.tasks import Task
 from sora_jax.data.tokenizer import Tokenizer
-from sora_jax.decoding import greedy_decode
+from sora_jax.decoding import DecodeOptions, decode
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.metrics import text_metrics
 from sora_jax.model import EncoderDecoder
@@ -21,23 +25,33 @@ from sora_jax.training.metrics_log import MetricsLog
 from sora_jax.training.step import compile_eval_step
 
 
+def default_decode_length(task: Task, tokenizer: Tokenizer, max_target_length: int) -> int:
+    """Tokens to decode: for a classification task with labels, the longest label + EOS (labels are a few
+    pieces long, so classification evals stay cheap); otherwise `max_target_length`."""
+    if task.kind == "classification" and task.labels:
+        return max(len(ids) for ids in tokenizer.encode(list(task.labels))) + 1
+    return max_target_length
+
+
 class Evaluator:
-    """Evaluates params on a split of the task; the compiled steps are built once and reused."""
+    """Evaluates params on a split of the task; the compiled steps are built once and reused.
+
+    `decode_options` (default: greedy, `default_decode_length` tokens) say how predictions are decoded.
+    """
 
     def __init__(self, model: EncoderDecoder, task: Task, builder: Any, tokenizer: Tokenizer,
                  config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh, param_shardings: Any,
-                 log: MetricsLog):
+                 log: MetricsLog, *, decode_options: DecodeOptions | None = None):
         self.model, self.task, self.tokenizer, self.mesh, self.log = model, task, tokenizer, mesh, log
         self._builder = builder
         self._data_cfg = config.data
         self._eval_step = compile_eval_step(model, param_shardings, mesh)
-        if task.kind == "classification" and task.labels:
-            # Labels are a few pieces long: decoding only that far keeps classification evals cheap.
-            decode_length = max(len(ids) for ids in tokenizer.encode(list(task.labels))) + 1
-        else:
-            decode_length = config.data.max_target_length
+        if decode_options is None:
+            decode_options = DecodeOptions(
+                method="greedy", max_length=default_decode_length(task, tokenizer, config.data.max_target_length))
+        self.decode_options = decode_options
         self._decode = jax.jit(
-            functools.partial(greedy_decode, model=model, max_length=decode_length),
+            functools.partial(decode, options=decode_options, model=model),
             in_shardings=(param_shardings, sharding.batch_sharding(mesh)),
             out_shardings=sharding.replicated(mesh),
         )

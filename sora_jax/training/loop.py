@@ -108,12 +108,12 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
               f"mesh {dict(mesh.shape)} | tokenizer {tokenizer.path} ({tokenizer.vocab_size} pieces)")
     log.print(pipeline.length_stats(train_pairs, tokenizer, config.data.max_input_length,
                                     config.data.max_target_length).describe("train"))
-    processes = jax.process_count()
-    train_iter = iter(pipeline.train_dataset(
-        train_pairs, tokenizer, batch_size=config.batch_size // processes,
-        max_input_length=config.data.max_input_length, max_target_length=config.data.max_target_length,
-        pack=config.data.pack, num_packing_bins=config.data.num_packing_bins, seed=config.seed,
-        process_index=jax.process_index(), process_count=processes))
+    train_iter = pipeline.sharded_train_batches(
+        train_pairs, tokenizer, global_batch_size=config.batch_size,
+        num_shards=config.data.num_shards or jax.process_count(), process_index=jax.process_index(),
+        process_count=jax.process_count(), max_input_length=config.data.max_input_length,
+        max_target_length=config.data.max_target_length, pack=config.data.pack,
+        num_packing_bins=config.data.num_packing_bins, seed=config.seed)
 
     # Model, optimizer, and the sharded train state: restored from the newest checkpoint, else initialized.
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)

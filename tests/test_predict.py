@@ -1,0 +1,157 @@
+"""Predictor and sora-predict on a tiny trained workdir: the same outputs as a direct greedy decode of the
+task-formatted inputs, raw inputs, scores, compilation reuse, and the line-oriented command line."""
+
+from __future__ import annotations
+
+import functools
+import io
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+from sora_jax import Predictor, config as config_lib, load_workdir
+from sora_jax.data.tokenizer import EOS_ID
+from sora_jax.decoding import greedy_decode
+from sora_jax.model import shift_right
+from sora_jax.predict import main
+from sora_jax.training.loop import run
+
+REPO = Path(__file__).resolve().parents[1]
+TEXTS = ["这个产品很好用", "质量太差了，再也不买了", "酒店很干净，服务也好", "一般般吧", "物流很快 good"]
+
+
+@pytest.fixture(scope="module")
+def workdir(tmp_path_factory, tfds_dir) -> Path:
+    """20 steps of the tiny config: an untrained-looking model whose outputs differ from input to input."""
+    config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
+    config.data.data_dir = str(tfds_dir)
+    config_lib.apply_overrides(config, {"num_train_steps": "20", "checkpoint_every_steps": "10",
+                                        "eval_every_steps": "20", "log_every_steps": "10",
+                                        "data.eval_batch_size": "64", "tokenizer.max_training_sentences": "500"})
+    path = tmp_path_factory.mktemp("predict_run")
+    run(config, path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def predictor(workdir) -> Predictor:
+    return Predictor.from_workdir(workdir)
+
+
+def direct_greedy(predictor: Predictor, tokens: np.ndarray, max_length: int) -> list[str]:
+    run = predictor.run
+    with run.activate():
+        out = jax.jit(functools.partial(greedy_decode, model=run.model, max_length=max_length))(run.params, tokens)
+    return run.tokenizer.decode(np.asarray(out))
+
+
+def test_predict_equals_greedy_decoding_of_the_task_formatted_inputs(predictor):
+    assert predictor.step == 20
+    tokenizer = predictor.tokenizer
+    tokens, truncated = predictor.encode(TEXTS)
+    assert truncated == [False] * len(TEXTS)
+    for row, text in zip(tokens, TEXTS, strict=True):  # Training's format: "sentiment: " + review, then EOS.
+        ids = tokenizer.encode([f"sentiment: {text}"])[0] + [EOS_ID]
+        assert row[: len(ids)].tolist() == ids and not row[len(ids):].any()
+    got = predictor.predict(TEXTS, max_length=6)
+    assert got == direct_greedy(predictor, tokens, 6)
+    assert len(set(got)) > 1  # The outputs depend on the inputs (not a constant answer).
+    # Defaults: greedy, up to the longest label + EOS.
+    default = predictor.decode_options()
+    assert default.method == "greedy"
+    assert default.max_length == max(len(ids) for ids in tokenizer.encode(["positive", "negative"])) + 1
+    assert predictor.predict(TEXTS) == direct_greedy(predictor, tokens, default.max_length)
+    # Batching does not change results, nor their order.
+    assert predictor.predict(TEXTS, max_length=6, batch_size=2) == got
+
+
+def test_raw_skips_the_task_formatting(predictor):
+    tokenizer = predictor.tokenizer
+    raw_tokens, _ = predictor.encode(TEXTS[:1], raw=True)
+    formatted_tokens, _ = predictor.encode(TEXTS[:1])
+    raw_ids = tokenizer.encode(TEXTS[:1])[0] + [EOS_ID]
+    assert raw_tokens[0, : len(raw_ids)].tolist() == raw_ids
+    assert raw_tokens.shape != formatted_tokens.shape or (raw_tokens != formatted_tokens).any()
+    # Raw input written in the task's format = the formatted input.
+    assert predictor.predict([f"sentiment: {TEXTS[0]}"], raw=True, max_length=6) == predictor.predict(
+        TEXTS[:1], max_length=6)
+
+
+def test_scores_are_the_log_probability_of_the_prediction_up_to_eos(predictor):
+    results = predictor.predict_with_scores(TEXTS, max_length=6)
+    assert [r.text for r in results] == predictor.predict(TEXTS, max_length=6)
+    run = predictor.run
+    tokens, _ = predictor.encode(TEXTS)
+    with run.activate():
+        out = np.asarray(jax.jit(functools.partial(greedy_decode, model=run.model, max_length=6))(run.params, tokens))
+        logits = np.asarray(run.model.apply({"params": run.params}, tokens, shift_right(out, 0)))
+    logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
+        -1, keepdims=True)
+    for i, result in enumerate(results):
+        row = out[i].tolist()
+        length = row.index(EOS_ID) + 1 if EOS_ID in row else len(row)
+        expected = sum(logp[i, t, row[t]] for t in range(length))
+        assert result.score == pytest.approx(expected, rel=1e-4, abs=1e-4)
+        assert result.score < 0 and not result.truncated
+
+
+def test_options_compile_once_per_batch_shape_and_sampling(predictor):
+    predictor.predict(TEXTS, max_length=6, method="sample", seed=1)
+    decoders = dict(predictor._decoders)
+    again = predictor.predict(TEXTS, max_length=6, method="sample", seed=1)
+    other_seed = predictor.predict(TEXTS[:3], max_length=6, method="sample", seed=2)  # Same padded shape.
+    assert dict(predictor._decoders) == decoders  # A new seed is an argument, not a new compilation.
+    (decoder,) = [f for options, f in decoders.items() if options.method == "sample"]
+    if hasattr(decoder, "_cache_size"):
+        assert decoder._cache_size() == 1
+    assert predictor.predict(TEXTS, max_length=6, method="sample", seed=1) == again
+    assert len(other_seed) == 3
+    # Temperature 0 samples the argmax: greedy decoding.
+    assert predictor.predict(TEXTS, max_length=6, method="sample", temperature=0.0) == predictor.predict(
+        TEXTS, max_length=6)
+
+
+def test_from_workdir_takes_a_step_and_config_overrides(workdir):
+    import sora_jax
+
+    assert sora_jax.load_workdir is load_workdir
+    predictor = Predictor.from_workdir(workdir, step=10, data__max_input_length=8)
+    assert predictor.step == 10 and predictor.max_input_length == 8
+    tokens, truncated = predictor.encode(["短", "这个产品真的非常非常好用，推荐大家购买"])
+    assert truncated == [False, True] and tokens.shape[1] == 8 and tokens[1, -1] == EOS_ID
+
+
+def test_cli_prints_one_line_per_input_line(workdir, predictor):
+    command = shutil.which("sora-predict")
+    command = [command] if command else [sys.executable, "-m", "sora_jax.predict"]
+    result = subprocess.run([*command, f"--workdir={workdir}"], input="这个产品很好用\n", capture_output=True,
+                            text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert result.stdout.splitlines() == predictor.predict(["这个产品很好用"])
+    assert "1 line(s), 1 predicted with step 20" in result.stderr
+
+
+def test_cli_reports_empty_and_overlong_lines_and_writes_jsonl(workdir, predictor, monkeypatch, capsys):
+    long_line = "很好" * 200
+    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{TEXTS[0]}\n\n{long_line}\n   \n{TEXTS[1]}"))
+    assert main([f"--workdir={workdir}", "--jsonl", "--batch_size=2"]) == 0
+    captured = capsys.readouterr()
+    rows = [json.loads(line) for line in captured.out.splitlines()]
+    assert [r["input"] for r in rows] == [TEXTS[0], "", long_line, "   ", TEXTS[1]]
+    assert [r["prediction"] for r in rows] == [
+        predictor.predict([TEXTS[0]])[0], "", predictor.predict([long_line])[0], "", predictor.predict([TEXTS[1]])[0]]
+    assert rows[1]["score"] is None and rows[3]["score"] is None and rows[0]["score"] < 0
+    assert "2 empty input line(s) gave empty output lines (lines 2, 4)" in captured.err
+    assert "1 input(s) longer than config.data.max_input_length=32 tokens were truncated (line 3)" in captured.err
+
+
+def test_cli_bad_input_file_exits_2(workdir, tmp_path, capsys):
+    assert main([f"--workdir={workdir}", f"--input={tmp_path / 'nope.txt'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: --input ") and "is not a file" in err[0]
