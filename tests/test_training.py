@@ -103,32 +103,46 @@ def test_resume_gives_bitwise_the_same_params_as_an_uninterrupted_run(tmp_path, 
     assert_trees_equal(saved_state(tmp_path / "straight", 12), saved_state(tmp_path / "resumed", 12))
 
 
-def test_sigterm_saves_and_the_rerun_matches_an_uninterrupted_run(tmp_path, tfds_dir):
+def _interrupt(args: list[str], env: dict[str, str], at_line: str, sig: signal.Signals) -> tuple[int, str]:
+    """Start a training process, send `sig` once it prints a line starting with `at_line`; exit code, output."""
+    process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    for line in process.stdout:
+        if line.startswith(at_line):
+            process.send_signal(sig)
+            break
+    output = process.stdout.read()
+    return process.wait(timeout=120), output
+
+
+def test_interrupted_runs_resume_to_bitwise_the_same_params(tmp_path, tfds_dir):
     args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'tiny.py'}",
-            f"--config.data.data_dir={tfds_dir}", "--config.num_train_steps=40", "--config.log_every_steps=1",
-            "--config.checkpoint_every_steps=1000", "--config.eval_every_steps=1000"]
+            f"--config.data.data_dir={tfds_dir}", "--config.num_train_steps=30", "--config.log_every_steps=1",
+            "--config.checkpoint_every_steps=4", "--config.eval_every_steps=1000"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     straight = subprocess.run([*args, f"--workdir={tmp_path / 'straight'}"], env=env, capture_output=True,
                               text=True, timeout=300)
     assert straight.returncode == 0, straight.stderr[-2000:]
+    expected = saved_state(tmp_path / "straight", 30)
 
-    workdir = tmp_path / "interrupted"
-    process = subprocess.Popen([*args, f"--workdir={workdir}"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:  # Interrupt mid-training, once steps are being logged.
-        if line.startswith("step  3/"):
-            process.send_signal(signal.SIGTERM)
-            break
-    output = process.stdout.read()
-    assert process.wait(timeout=120) == 0, output[-2000:]
-    assert "SIGTERM: saved checkpoint step" in output
+    # SIGTERM: a checkpoint at the next step boundary, exit 0, and the rerun continues from there.
+    code, output = _interrupt([*args, f"--workdir={tmp_path / 'term'}"], env, "step  3/", signal.SIGTERM)
+    assert code == 0, output[-2000:]
     stopped_at = int(output.split("SIGTERM: saved checkpoint step ")[1].split()[0])
-    assert 3 <= stopped_at < 40
-
-    rerun = subprocess.run([*args, f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=300)
+    assert 3 <= stopped_at < 30
+    rerun = subprocess.run([*args, f"--workdir={tmp_path / 'term'}"], env=env, capture_output=True, text=True,
+                           timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"resumed from checkpoint step {stopped_at}" in rerun.stdout
-    assert_trees_equal(saved_state(tmp_path / "straight", 40), saved_state(workdir, 40))
+    assert_trees_equal(expected, saved_state(tmp_path / "term", 30))
+
+    # SIGKILL: no warning, no cleanup, possibly in the middle of an asynchronous save.
+    code, _ = _interrupt([*args, f"--workdir={tmp_path / 'kill'}"], env, "step 11/", signal.SIGKILL)
+    assert code == -signal.SIGKILL
+    rerun = subprocess.run([*args, f"--workdir={tmp_path / 'kill'}"], env=env, capture_output=True, text=True,
+                           timeout=300)
+    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert int(rerun.stdout.split("resumed from checkpoint step ")[1].split()[0]) in (4, 8, 12)
+    assert_trees_equal(expected, saved_state(tmp_path / "kill", 30))
 
 
 def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_path, tfds_dir):
@@ -164,28 +178,3 @@ def test_unknown_override_fails_with_a_suggestion(tmp_path):
         "error: unknown config key 'optimizer.learning_rat'. Did you mean 'optimizer.learning_rate'?")
     assert not (tmp_path / "checkpoints").exists()
     assert time.perf_counter() - started < 60
-
-
-def test_sigkill_at_any_step_then_rerun_gives_bitwise_the_same_params(tmp_path, tfds_dir):
-    args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'tiny.py'}",
-            f"--config.data.data_dir={tfds_dir}", "--config.num_train_steps=30", "--config.log_every_steps=1",
-            "--config.checkpoint_every_steps=4", "--config.eval_every_steps=1000"]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    straight = subprocess.run([*args, f"--workdir={tmp_path / 'straight'}"], env=env, capture_output=True,
-                              text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-
-    workdir = tmp_path / "killed"
-    process = subprocess.Popen([*args, f"--workdir={workdir}"], env=env, stdout=subprocess.PIPE,
-                               stderr=subprocess.STDOUT, text=True)
-    for line in process.stdout:  # No warning, no cleanup: possibly in the middle of an async save.
-        if line.startswith("step 11/"):
-            process.kill()
-            break
-    process.wait(timeout=60)
-    assert process.returncode == -signal.SIGKILL
-    rerun = subprocess.run([*args, f"--workdir={workdir}"], env=env, capture_output=True, text=True, timeout=300)
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
-    resumed = int(rerun.stdout.split("resumed from checkpoint step ")[1].split()[0])
-    assert resumed in (4, 8, 12)
-    assert_trees_equal(saved_state(tmp_path / "straight", 30), saved_state(workdir, 30))
