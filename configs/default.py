@@ -18,6 +18,7 @@ def get_config():
     config.log_every_steps = 50
     config.eval_every_steps = 400
     config.checkpoint_every_steps = 400
+    config.best_metric = "exact_match"
     config.data.max_input_length = 128
     config.data.max_target_length = 8
     # A 4k vocabulary keeps Chinese pieces short (mostly single characters), which generalises better on 15k

@@ -7,7 +7,9 @@ nothing is ever deleted here except by `keep_checkpoints` rotation after a succe
 
 from __future__ import annotations
 
+import json
 import logging
+import shutil
 from pathlib import Path
 from typing import Any
 
@@ -133,3 +135,45 @@ def read_as_numpy(item_directory: Path) -> Any:
         tree = reader.metadata(item_directory).item_metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         return reader.restore(item_directory, args=ocp.args.PyTreeRestore(restore_args=restore_args))
+
+
+class BestCheckpoint:
+    """The params of the best evaluation so far by one metric, in `<workdir>/best/` (params + best.json).
+
+    Kept apart from the rotating checkpoints so `keep_checkpoints` never deletes it; replaced atomically
+    (a new copy is written beside the old one and renamed into place).
+    """
+
+    def __init__(self, directory: Path, metric: str):
+        self.directory, self.metric = Path(directory).absolute(), metric
+        self.lower_is_better = metric == "loss"
+        info = self.directory / "best.json"
+        self.step, self.value = None, None
+        if info.exists():
+            saved = json.loads(info.read_text())
+            if saved.get("metric") == metric:
+                self.step, self.value = saved["step"], saved["value"]
+
+    def improves(self, value: float) -> bool:
+        if self.value is None:
+            return True
+        return value < self.value if self.lower_is_better else value > self.value
+
+    def update(self, step: int, params: Any, metrics: dict[str, float]) -> bool:
+        """Save `params` if `metrics[metric]` beats the best so far; return whether it did."""
+        if self.metric not in metrics:
+            raise SoraError(f"config.best_metric={self.metric!r} is not among the evaluation metrics "
+                            f"({', '.join(metrics)}); pick one of them.")
+        value = float(metrics[self.metric])
+        if not self.improves(value):
+            return False
+        staging = self.directory.with_name(f"{self.directory.name}.tmp-{step}")
+        with ocp.StandardCheckpointer() as writer:
+            writer.save(staging / "params", params)
+        if jax.process_index() == 0:
+            (staging / "best.json").write_text(json.dumps({"metric": self.metric, "value": value, "step": step}))
+            if self.directory.exists():
+                shutil.rmtree(self.directory)
+            staging.rename(self.directory)
+        self.step, self.value = step, value
+        return True

@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
+    c.best_metric = ""  # e.g. "exact_match", "bleu" or "loss": also keep the best validation params in <workdir>/best.
 
     c.model = ml_collections.ConfigDict()
     c.model.preset = "small_cpu"

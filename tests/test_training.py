@@ -51,7 +51,7 @@ def finished_run(tmp_path_factory, tfds_dir):
     """One tiny run of 30 steps (shared by the tests that only read its results)."""
     workdir = tmp_path_factory.mktemp("finished")
     config = tiny_config(tfds_dir, num_train_steps="30", log_every_steps="5", eval_every_steps="15",
-                         checkpoint_every_steps="15")
+                         checkpoint_every_steps="15", best_metric="loss")
     return workdir, config, run(config, workdir)
 
 
@@ -72,6 +72,18 @@ def test_loss_falls_and_everything_is_written(finished_run):
     assert saved["model"]["d_model"] == 32 and saved["model"]["vocab_size"] % 128 == 0
     assert (workdir / "tokenizer.model").is_file()
     assert any((workdir / "tensorboard").iterdir())
+
+
+def test_best_checkpoint_holds_the_params_of_the_best_validation(finished_run):
+    workdir, _, _ = finished_run
+    validation = {e["step"]: e["loss"] for e in events(workdir) if e["split"] == "validation"}
+    best_step = min(validation, key=validation.get)
+    info = json.loads((workdir / "best" / "best.json").read_text())
+    assert info == {"metric": "loss", "value": pytest.approx(validation[best_step]), "step": best_step}
+    best = checkpoint.read_as_numpy(workdir / "best" / "params")
+    if best_step == 30:  # The final checkpoint holds the same params.
+        assert_trees_equal(best, saved_state(workdir, 30)["params"])
+    assert not list(workdir.glob("best.tmp-*"))
 
 
 def test_rerunning_a_finished_run_reports_it_and_trains_nothing(finished_run, capsys):

@@ -159,6 +159,7 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
     pending: list[tuple[int, Any]] = []  # Device-side metrics since the last log: fetched together.
     last_saved = ckpt.latest_step()
     started = time.perf_counter()
+    best = checkpoint.BestCheckpoint(result.workdir / "best", config.best_metric) if config.best_metric else None
 
     def flush_metrics() -> None:
         # Pull the window's metrics to the host; a non-finite value stops the run before anything is saved.
@@ -188,7 +189,10 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
             if step % config.eval_every_steps == 0 or last:
                 flush_metrics()
                 eval_start = time.perf_counter()
-                evaluator.log_eval(step, state.params, "validation", max_examples=config.data.max_eval_examples)
+                eval_metrics = evaluator.log_eval(step, state.params, "validation",
+                                                  max_examples=config.data.max_eval_examples)
+                if best is not None and best.update(step, state.params, eval_metrics):
+                    log.print(f"best {best.metric} so far ({best.value:.4f}): params saved in {best.directory}")
                 progress.exclude_pause(time.perf_counter() - eval_start)
             if step % config.checkpoint_every_steps == 0 or last or stop.received:
                 flush_metrics()
