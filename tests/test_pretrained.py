@@ -55,3 +55,17 @@ def test_bad_init_from_is_refused_before_anything_runs(tmp_path, tfds_dir):
     with pytest.raises(SoraError, match="has no config.json"):
         run(fine_tune_config(tfds_dir, f"hf:{tmp_path}"), tmp_path / "b")
     assert not (tmp_path / "a" / "checkpoints").exists()
+
+
+def test_export_of_a_fine_tuned_run_reimports_to_the_same_params(tmp_path, tfds_dir):
+    from sora_jax.export import main as export_main
+
+    run(fine_tune_config(tfds_dir, f"hf:{FIXTURE}"), tmp_path / "run")
+    assert export_main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"]) == 0
+    config, params, tokenizer = load_hf_t5(tmp_path / "hf")
+    assert tokenizer is not None and (tmp_path / "hf" / "spiece.model").read_bytes() == (
+        FIXTURE / "spiece.model").read_bytes()
+    saved = checkpoint.read_as_numpy(tmp_path / "run" / "checkpoints" / "1" / "state")["params"]
+    for a, b in zip(jax.tree.leaves(saved), jax.tree.leaves(params), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    assert export_main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'x'}", "--step=7"]) == 2
