@@ -43,6 +43,24 @@ def _shape_mismatches(saved: Any, abstract: Any) -> list[str]:
     return problems
 
 
+def check_param_shapes(state_directory: Path, abstract_params: Any) -> None:
+    """A SoraError naming the first parameter whose saved shape differs from `abstract_params`' shape.
+
+    Reads the item's own metadata (a checkpoint manager in a fresh process has no handler registered yet and
+    cannot). Unreadable metadata is left to the restore that follows, which reports it.
+    """
+    try:
+        with ocp.PyTreeCheckpointer() as reader:
+            saved_params = reader.metadata(state_directory).item_metadata.tree["params"]
+    except Exception:  # noqa: BLE001 - see the docstring.
+        return
+    problems = _shape_mismatches(saved_params, abstract_params)
+    if problems:
+        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
+        raise SoraError(f"checkpoint {state_directory.parent} does not match this config: {problems[0]}{more}. Use "
+                        "the model settings the workdir was trained with, or a new --workdir.")
+
+
 class Checkpointer:
     """Saves and restores {state, data iterator} under `<workdir>/checkpoints/<step>`."""
 
@@ -109,15 +127,7 @@ class Checkpointer:
         return restored["params"], step
 
     def _check_shapes(self, step: int, abstract_params: Any) -> None:
-        try:
-            saved_params = self._manager.item_metadata(step)["state"]["params"]
-        except Exception:  # noqa: BLE001 - unreadable metadata is handled by the restore attempt that follows.
-            return
-        problems = _shape_mismatches(saved_params, abstract_params)
-        if problems:
-            raise SoraError(f"checkpoint {self.directory}/{step} does not match this config: {problems[0]}"
-                            f"{f' (and {len(problems) - 1} more)' if len(problems) > 1 else ''}. Use the "
-                            "model settings the workdir was trained with, or a new --workdir.")
+        check_param_shapes(self.directory / str(step) / "state", abstract_params)
 
     def wait(self) -> None:
         """Block until pending asynchronous saves are committed."""

@@ -36,6 +36,7 @@ from typing import Any
 
 from sora_jax import inference
 from sora_jax.errors import SoraError
+from sora_jax.training.cli import split_config_overrides
 
 
 @dataclasses.dataclass
@@ -51,7 +52,7 @@ class EvalResult:
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     """The flags, and the `--config.KEY=VALUE` overrides (parsed as train.py parses them)."""
-    rest, overrides = inference.split_config_overrides(argv)
+    rest, overrides = split_config_overrides(argv)
     parser = argparse.ArgumentParser(
         prog="sora-eval", description="Evaluate a trained Sora workdir's checkpoint(s) on a split.",
         epilog="Overrides of the saved config: --config.KEY=VALUE (e.g. --config.data.eval_batch_size=64).")

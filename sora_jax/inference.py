@@ -27,8 +27,8 @@ import jax
 import ml_collections
 import numpy as np
 
+from sora_jax import checkpoint, sharding
 from sora_jax import config as config_lib
-from sora_jax import sharding
 from sora_jax.data.tasks import Task, get_task
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.decoding import METHODS, DecodeOptions
@@ -67,7 +67,7 @@ class LoadedRun:
 
     def check_shapes(self, step: int) -> None:
         """A SoraError when checkpoint `step`'s params do not have this config's shapes (reads metadata only)."""
-        _check_shapes(self.checkpoint_dir, step, self.abstract_params)
+        checkpoint.check_param_shapes(self.checkpoint_dir / str(step) / "state", self.abstract_params)
 
     def activate(self) -> contextlib.AbstractContextManager:
         """The mesh and logical-axis rules, current (needed while tracing the model's sharding constraints)."""
@@ -150,7 +150,10 @@ def load_config(workdir: Path, overrides: Mapping[str, Any] | None = None) -> tu
 def load_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> Tokenizer:
     """config.tokenizer.model_path if set (training used it as is), else the workdir's tokenizer.model."""
     if config.tokenizer.model_path:
-        return Tokenizer.load(config.tokenizer.model_path)
+        if not Path(config.tokenizer.model_path).expanduser().is_file():
+            raise SoraError(f"config.tokenizer.model_path {config.tokenizer.model_path} (the tokenizer this run was "
+                            "trained with) does not exist; restore it, or pass --config.tokenizer.model_path=FILE.")
+        return Tokenizer.load(Path(config.tokenizer.model_path).expanduser())
     path = workdir / "tokenizer.model"
     if not path.is_file():
         raise SoraError(f"{path} does not exist: training stopped before its tokenizer was saved; train first, or "
@@ -182,38 +185,10 @@ def _quiet_orbax() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def _check_shapes(checkpoint_dir: Path, step: int, abstract_params: Any) -> None:
-    """A SoraError when checkpoint `step`'s params differ in shape from this config's.
-
-    Checkpointer.restore_params has the same check, but in a fresh process its manager cannot read the item
-    metadata (no handler registered for "state" yet), so the check is skipped there and orbax fails later
-    with a long traceback. The metadata is read here directly.
-    """
-    import orbax.checkpoint as ocp
-
-    from sora_jax.checkpoint import _shape_mismatches
-
-    try:
-        with _quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
-            saved = reader.metadata(checkpoint_dir / str(step) / "state").item_metadata["params"]
-    except Exception:  # noqa: BLE001 - an unreadable checkpoint is reported by the restore that follows.
-        return
-    problems = _shape_mismatches(saved, abstract_params)
-    if problems:
-        more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SoraError(f"checkpoint {checkpoint_dir}/{step} does not match the config: {problems[0]}{more}. The "
-                        "workdir's config.json or the --config overrides describe another model; use the model "
-                        "settings it was trained with.")
-
-
 def _restore_params(checkpoint_dir: Path, config: ml_collections.ConfigDict, abstract_params: Any,
                     step: int | None) -> tuple[Any, int]:
-    from sora_jax.checkpoint import Checkpointer
-
-    if step is not None:  # Before Checkpointer.restore_params, whose own check is skipped in a fresh process.
-        _check_shapes(checkpoint_dir, step, abstract_params)
     with _quiet_orbax():
-        ckpt = Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
+        ckpt = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
         try:
             return ckpt.restore_params(abstract_params, step)
         finally:
@@ -222,14 +197,12 @@ def _restore_params(checkpoint_dir: Path, config: ml_collections.ConfigDict, abs
 
 def checkpoint_steps(workdir: Path, config: ml_collections.ConfigDict) -> tuple[int, ...]:
     """The committed checkpoint steps (a SoraError when there are none)."""
-    from sora_jax.checkpoint import Checkpointer
-
     directory = workdir / "checkpoints"
     # Checked first: the checkpoint manager would create the directory.
     steps: list[int] = []
     if directory.is_dir():
         with _quiet_orbax():
-            ckpt = Checkpointer(directory, keep=config.keep_checkpoints)
+            ckpt = checkpoint.Checkpointer(directory, keep=config.keep_checkpoints)
             try:
                 steps = ckpt.steps()
             finally:
@@ -325,23 +298,6 @@ def describe_options(options: DecodeOptions) -> str:
 
 
 # --- command lines --------------------------------------------------------------------------------------------
-def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
-    """(the other arguments, the `--config.KEY=VALUE` / `--config.KEY VALUE` overrides), parsed as train.py
-    parses them."""
-    from sora_jax.training.cli import parse_args
-
-    rest, config_args = [], []
-    args = iter(argv)
-    for arg in args:
-        if arg.startswith("--config."):
-            config_args.append(arg)
-            if "=" not in arg:
-                config_args.append(next(args, ""))
-        else:
-            rest.append(arg)
-    return rest, parse_args(config_args)[1]
-
-
 def run_cli(main: Callable[[], int]) -> int:
     """Run a CLI body: SoraError -> 'error: <message>' on stderr and exit status 2."""
     try:

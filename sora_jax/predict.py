@@ -39,6 +39,7 @@ from typing import Any, TextIO
 
 from sora_jax import inference
 from sora_jax.errors import SoraError
+from sora_jax.training.cli import split_config_overrides
 
 
 @dataclasses.dataclass(frozen=True)
@@ -206,7 +207,7 @@ class Predictor:
 # --- sora-predict ---------------------------------------------------------------------------------------------
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]:
     """The flags, and the `--config.KEY=VALUE` overrides (parsed as train.py parses them)."""
-    rest, overrides = inference.split_config_overrides(argv)
+    rest, overrides = split_config_overrides(argv)
     parser = argparse.ArgumentParser(
         prog="sora-predict", description="Decode one input per line (stdin or --input) with a trained Sora workdir.",
         epilog="Overrides of the saved config: --config.KEY=VALUE (e.g. --config.data.max_input_length=256).")

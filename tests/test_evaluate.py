@@ -29,7 +29,7 @@ def workdir(tmp_path_factory, tfds_dir) -> Path:
     config.data.data_dir = str(tfds_dir)
     config_lib.apply_overrides(config, {
         "num_train_steps": "20", "checkpoint_every_steps": "10", "eval_every_steps": "20", "log_every_steps": "10",
-        "data.eval_batch_size": "64", "optimizer.learning_rate": "0.01", "optimizer.warmup_steps": "2",
+        "data.eval_batch_size": "128", "optimizer.learning_rate": "0.01", "optimizer.warmup_steps": "2",
         "tokenizer.max_training_sentences": "500"})
     path = tmp_path_factory.mktemp("eval_run")
     run(config, path)
@@ -104,7 +104,7 @@ def test_bad_inputs_exit_2_with_one_line(workdir, tmp_path, capsys):
     message = error_of([f"--workdir={workdir}", "--split=dev"], capsys)
     assert "has no 'dev' split; it has train, validation, test." in message
     message = error_of([f"--workdir={workdir}", "--config.model.d_ff=128"], capsys)
-    assert "does not match the config: " in message and "(32, 64) in the checkpoint but (32, 128)" in message
+    assert "does not match this config: " in message and "(32, 64) in the checkpoint but (32, 128)" in message
     message = error_of([f"--workdir={workdir}", "--method=beam", "--beam_size=0"], capsys)
     assert "beam_size=0" in message
 

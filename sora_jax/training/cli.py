@@ -18,8 +18,22 @@ from pathlib import Path
 DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.py"
 
 
+def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, str]]:
+    """(the other arguments, the `--config.KEY=VALUE` or `--config.KEY VALUE` overrides in order)."""
+    overrides: dict[str, str] = {}
+    rest = []
+    args_iter = iter(argv)
+    for arg in args_iter:
+        if arg.startswith("--config."):
+            key, eq, value = arg[len("--config."):].partition("=")
+            overrides[key] = value if eq else next(args_iter, "")
+        else:
+            rest.append(arg)
+    return rest, overrides
+
+
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]:
-    """Split argv into the known flags and the `--config.KEY=VALUE` overrides (kept in order)."""
+    """The known flags and the config overrides."""
     parser = argparse.ArgumentParser(prog="train.py", description="Train a Sora encoder-decoder.")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="config file, optionally with an argument: configs/NAME.py[:ARG]")
@@ -29,17 +43,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
     parser.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
     parser.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
-    overrides: dict[str, str] = {}
-    rest = []
-    args_iter = iter(argv)
-    for arg in args_iter:
-        if arg.startswith("--config."):
-            key, eq, value = arg[len("--config."):].partition("=")
-            if not eq:  # "--config.key value"
-                value = next(args_iter, "")
-            overrides[key] = value
-        else:
-            rest.append(arg)
+    rest, overrides = split_config_overrides(argv)
     return parser.parse_args(rest), overrides
 
 
