@@ -7,9 +7,11 @@ nothing is ever deleted here except by `keep_checkpoints` rotation after a succe
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import shutil
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -43,6 +45,19 @@ def _shape_mismatches(saved: Any, abstract: Any) -> list[str]:
     return problems
 
 
+@contextlib.contextmanager
+def quiet_orbax() -> Iterator[None]:
+    """Silence orbax's absl warnings that are expected here: reading one item of a checkpoint, orbax says the
+    others "could not be restored" and that the step-level metadata file is not in the item's folder."""
+    logger = logging.getLogger("absl")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
+
+
 def check_param_shapes(state_directory: Path, abstract_params: Any) -> None:
     """A SoraError naming the first parameter whose saved shape differs from `abstract_params`' shape.
 
@@ -50,7 +65,7 @@ def check_param_shapes(state_directory: Path, abstract_params: Any) -> None:
     cannot). Unreadable metadata is left to the restore that follows, which reports it.
     """
     try:
-        with ocp.PyTreeCheckpointer() as reader:
+        with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
             saved_params = reader.metadata(state_directory).item_metadata.tree["params"]
     except Exception:  # noqa: BLE001 - see the docstring.
         return
@@ -121,7 +136,7 @@ class Checkpointer:
             raise SoraError(f"there is no checkpoint step {step} in {self.directory}; available: {steps}.")
         self._check_shapes(step, abstract_params)
         target = {"params": abstract_params}
-        with ocp.PyTreeCheckpointer() as reader:
+        with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
             restored = reader.restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
                 item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
         return restored["params"], step
@@ -141,7 +156,7 @@ class Checkpointer:
 def read_as_numpy(item_directory: Path) -> Any:
     """A saved pytree (e.g. `<workdir>/checkpoints/<step>/state`) as host numpy arrays, whatever devices or
     processes saved it: for inspection, tests and conversion, not for training."""
-    with ocp.PyTreeCheckpointer() as reader:
+    with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
         tree = reader.metadata(item_directory).item_metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
         return reader.restore(item_directory, args=ocp.args.PyTreeRestore(restore_args=restore_args))

@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
-import logging
 import math
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
@@ -172,22 +171,9 @@ def make_mesh(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh, lis
                       "(pure data parallelism) instead."]
 
 
-@contextlib.contextmanager
-def _quiet_orbax() -> Iterator[None]:
-    # Reading only the params, orbax warns (through absl) that the checkpoint's other items "could not be
-    # restored": true, and intended.
-    logger = logging.getLogger("absl")
-    level = logger.level
-    logger.setLevel(logging.ERROR)
-    try:
-        yield
-    finally:
-        logger.setLevel(level)
-
-
 def _restore_params(checkpoint_dir: Path, config: ml_collections.ConfigDict, abstract_params: Any,
                     step: int | None) -> tuple[Any, int]:
-    with _quiet_orbax():
+    with checkpoint.quiet_orbax():
         ckpt = checkpoint.Checkpointer(checkpoint_dir, keep=config.keep_checkpoints)
         try:
             return ckpt.restore_params(abstract_params, step)
@@ -201,7 +187,7 @@ def checkpoint_steps(workdir: Path, config: ml_collections.ConfigDict) -> tuple[
     # Checked first: the checkpoint manager would create the directory.
     steps: list[int] = []
     if directory.is_dir():
-        with _quiet_orbax():
+        with checkpoint.quiet_orbax():
             ckpt = checkpoint.Checkpointer(directory, keep=config.keep_checkpoints)
             try:
                 steps = ckpt.steps()
