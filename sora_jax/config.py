@@ -129,6 +129,10 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.data = -1  # -1 = all devices not used by the other axes.
     c.mesh.fsdp = 1
     c.mesh.tensor = 1
+    # Multi-slice TPU jobs: how many slices each axis spans (the product is the number of slices).
+    c.mesh.dcn_data = 1
+    c.mesh.dcn_fsdp = 1
+    c.mesh.dcn_tensor = 1
     c.mesh.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
     return c
 

@@ -162,9 +162,8 @@ def load_tokenizer(workdir: Path, config: ml_collections.ConfigDict) -> Tokenize
 
 def make_mesh(config: ml_collections.ConfigDict) -> tuple[jax.sharding.Mesh, list[str]]:
     """The saved mesh over this machine's devices; if it does not fit them, pure data parallelism."""
-    sizes = {a: config.mesh[a] for a in sharding.MESH_AXES}
     try:
-        return sharding.make_mesh(sizes), []
+        return sharding.mesh_from_config(config.mesh), []
     except SoraError as e:
         mesh = sharding.make_mesh({"data": -1, "fsdp": 1, "tensor": 1})
         return mesh, [f"the saved mesh does not fit this machine ({e}); using data={mesh.shape['data']} "

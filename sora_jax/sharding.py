@@ -41,15 +41,36 @@ def resolve_mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ..
     return tuple(shape)
 
 
-def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None) -> Mesh:
-    """Build the (data, fsdp, tensor) mesh over all devices, with Auto axis types for sharding constraints."""
+def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None,
+              dcn: dict[str, int] | None = None) -> Mesh:
+    """Build the (data, fsdp, tensor) mesh over all devices, with Auto axis types for sharding constraints.
+
+    `sizes` are the whole mesh's axis sizes. With several TPU slices, `dcn` says how many slices each axis
+    spans (across the data-center network); the rest of each axis stays inside a slice (fast ICI links).
+    """
     devices = list(jax.devices() if devices is None else devices)
     shape = resolve_mesh_shape(sizes, len(devices))
-    if devices == list(jax.devices()):
+    dcn_shape = tuple((dcn or {}).get(a, 1) for a in MESH_AXES)
+    if math.prod(dcn_shape) > 1:
+        if any(size % d for size, d in zip(shape, dcn_shape, strict=True)):
+            raise SoraError(f"config.mesh.dcn_* {dict(zip(MESH_AXES, dcn_shape, strict=True))} must divide the "
+                            f"mesh axes {dict(zip(MESH_AXES, shape, strict=True))}.")
+        slices = len({getattr(d, "slice_index", 0) for d in devices})
+        if slices != math.prod(dcn_shape):
+            raise SoraError(f"config.mesh.dcn_* spans {math.prod(dcn_shape)} slices but the devices come from "
+                            f"{slices}; set the dcn sizes so that their product is the number of slices.")
+        ici_shape = tuple(size // d for size, d in zip(shape, dcn_shape, strict=True))
+        device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices=devices)
+    elif devices == list(jax.devices()):
         device_array = mesh_utils.create_device_mesh(shape, devices=devices)
     else:
         device_array = np.asarray(devices).reshape(shape)
     return Mesh(device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def mesh_from_config(mesh_config: Any) -> Mesh:
+    """The mesh described by `config.mesh` (axis sizes and the multi-slice dcn_* sizes)."""
+    return make_mesh({a: mesh_config[a] for a in MESH_AXES}, dcn={a: mesh_config[f"dcn_{a}"] for a in MESH_AXES})
 
 
 def check_rules(rules: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:

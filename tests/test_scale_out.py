@@ -224,3 +224,13 @@ def test_copy_of_workdir_resumes_on_another_mesh(tmp_path, tfds_dir):
     other.optimizer.schedule = "constant"
     result = run(other, tmp_path / "b")
     assert result.resumed_from == 3 and result.final_step == 6
+
+
+def test_multi_slice_dcn_sizes_must_match_the_slices():
+    # CPU devices are all one "slice": a dcn shape spanning two slices is refused with the reason.
+    with pytest.raises(SoraError, match=r"spans 2 slices but the devices come from 1"):
+        sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1}, dcn={"data": 2})
+    with pytest.raises(SoraError, match=r"must divide the mesh axes"):
+        sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1}, dcn={"fsdp": 4})
+    mesh = sharding.make_mesh({"data": 4, "fsdp": 2, "tensor": 1}, dcn={"data": 1})
+    assert dict(mesh.shape) == {"data": 4, "fsdp": 2, "tensor": 1}

@@ -41,7 +41,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, int]:
     """Print the mesh, every parameter's shape and PartitionSpec, per-device state bytes and the compiled
     train step's memory analysis; return the byte counts (for tests)."""
     config_lib.validate(config)
-    mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
+    mesh = sharding.mesh_from_config(config.mesh)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     model_config = resolve_model_config(config.model, _vocab_size(config))
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)

@@ -15,6 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from jax.experimental import multihost_utils
 
 from sora_jax import checkpoint, sharding
 from sora_jax import config as config_lib
@@ -42,18 +43,31 @@ class RunResult:
 
 
 class _StopSignal:
-    """Records SIGTERM so the loop can save a checkpoint at the next step boundary and exit cleanly."""
+    """Records SIGTERM so the loop can save a checkpoint at the next step boundary and exit cleanly.
+
+    With several processes, jax's preemption service owns SIGTERM instead and agrees on one step for all
+    processes (`reached_preemption_sync_point`), since every process must save the same step.
+    """
 
     def __init__(self) -> None:
         self.received = False
         self._previous = None
+        self._multi_process = jax.process_count() > 1
 
     def __enter__(self) -> _StopSignal:
+        if self._multi_process:
+            return self
         try:
             self._previous = signal.signal(signal.SIGTERM, self._handle)
         except ValueError:  # Not the main thread: leave signals alone.
             self._previous = None
         return self
+
+    def should_stop(self, step: int) -> bool:
+        """Whether to checkpoint now and stop (the same answer on every process)."""
+        if self._multi_process:
+            return multihost_utils.reached_preemption_sync_point(step)
+        return self.received
 
     def _handle(self, signum: int, frame: Any) -> None:
         self.received = True
@@ -89,7 +103,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
     config = config.copy_and_resolve_references()  # Filled in below; the caller's config stays as it was.
     if config.init_from:
         pretrained.apply_pretrained_architecture(config)
-    mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
+    mesh = sharding.mesh_from_config(config.mesh)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     _check_batch_sizes(config, mesh)
     tfds.disable_progress_bar()
@@ -184,6 +198,7 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
             step += 1
             pending.append((step, metrics))
             last = step == total
+            stopping = stop.should_stop(step)
             if step % config.log_every_steps == 0 or last:
                 flush_metrics()
             if step % config.eval_every_steps == 0 or last:
@@ -194,11 +209,11 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
                 if best is not None and best.update(step, state.params, eval_metrics):
                     log.print(f"best {best.metric} so far ({best.value:.4f}): params saved in {best.directory}")
                 progress.exclude_pause(time.perf_counter() - eval_start)
-            if step % config.checkpoint_every_steps == 0 or last or stop.received:
+            if step % config.checkpoint_every_steps == 0 or last or stopping:
                 flush_metrics()
                 ckpt.save(step, state, train_iter)
                 last_saved = step
-            if stop.received:
+            if stopping:
                 log.print(f"SIGTERM: saved checkpoint step {step} in {ckpt.directory}; run the same command "
                           "again to resume.")
                 result.final_step, result.preempted = step, True
