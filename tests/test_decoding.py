@@ -4,11 +4,11 @@ import dataclasses
 import functools
 import itertools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_params import random_params
 
 from sora_jax import decoding
 from sora_jax.decoding import DecodeOptions, beam_search, decode, greedy_decode, length_penalty, sample_decode
@@ -27,21 +27,6 @@ MAX_LEN = 10
 @functools.cache
 def make_model(vocab: int = 32, scan: bool = False) -> EncoderDecoder:
     return EncoderDecoder(ModelConfig(vocab_size=vocab, scan_layers=scan, **PRESETS["tiny"]))
-
-
-def random_params(model: EncoderDecoder, seed: int = 0) -> dict:
-    """Parameters from numpy: a compiled `model.init` costs seconds per config on CPU, this costs nothing."""
-    tokens = jnp.zeros((1, 4), jnp.int32)
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), tokens, tokens)["params"])
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if path[-1].key == "scale":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        std = 1.0 if path[-2].key == "shared" else 0.2
-        return jnp.asarray(rng.normal(size=leaf.shape) * std, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @functools.cache

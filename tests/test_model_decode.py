@@ -2,11 +2,11 @@
 
 import functools
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from model_params import random_params
 
 from sora_jax.model import PRESETS, EncoderDecoder, ModelConfig, shift_right
 
@@ -14,20 +14,6 @@ VOCAB = 40
 FAST_COMPILE = {"xla_backend_optimization_level": 0}
 ENC = jnp.array([[5, 6, 7, 8, 9, 0, 0], [11, 12, 13, 14, 15, 16, 17]])
 DEC = jnp.array([[0, 21, 22, 23, 24, 25], [0, 31, 32, 33, 34, 35]])
-
-
-def random_params(model: EncoderDecoder, seed: int = 0) -> dict:
-    """Parameters from numpy: a compiled `model.init` costs seconds per config on CPU, this costs nothing."""
-    shapes = nn.unbox(jax.eval_shape(model.init, jax.random.key(0), ENC, DEC)["params"])
-    rng = np.random.default_rng(seed)
-
-    def fill(path, leaf):
-        if path[-1].key == "scale":
-            return jnp.ones(leaf.shape, leaf.dtype)
-        std = 1.0 if path[-2].key == "shared" else 0.2
-        return jnp.asarray(rng.normal(size=leaf.shape) * std, leaf.dtype)
-
-    return jax.tree_util.tree_map_with_path(fill, shapes)
 
 
 @functools.cache
