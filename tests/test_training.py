@@ -104,17 +104,6 @@ def test_checkpoint_holds_the_final_state(finished_run):
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
-def test_resume_gives_bitwise_the_same_params_as_an_uninterrupted_run(tmp_path, tfds_dir):
-    # A constant schedule, so that the shorter first leg sees the same learning rates as the long run.
-    common = dict(log_every_steps="4", eval_every_steps="100", checkpoint_every_steps="4",
-                  **{"optimizer.schedule": "constant"})
-    run(tiny_config(tfds_dir, num_train_steps="12", **common), tmp_path / "straight")
-    run(tiny_config(tfds_dir, num_train_steps="8", **common), tmp_path / "resumed")
-    resumed = run(tiny_config(tfds_dir, num_train_steps="12", **common), tmp_path / "resumed")
-    assert resumed.resumed_from == 8
-    assert_trees_equal(saved_state(tmp_path / "straight", 12), saved_state(tmp_path / "resumed", 12))
-
-
 def _interrupt(args: list[str], env: dict[str, str], at_line: str, sig: signal.Signals) -> tuple[int, str]:
     """Start a training process, send `sig` once it prints a line starting with `at_line`; exit code, output."""
     process = subprocess.Popen(args, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
