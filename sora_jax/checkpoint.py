@@ -8,6 +8,7 @@ nothing is ever deleted here except by `keep_checkpoints` rotation after a succe
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import shutil
@@ -15,7 +16,6 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-import grain.checkpoint
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
@@ -23,6 +23,51 @@ import orbax.checkpoint as ocp
 from sora_jax.errors import SoraError
 
 log = logging.getLogger(__name__)
+
+
+class DataStateHandler(ocp.CheckpointHandler):
+    """Saves a data iterator's position as one JSON file per data shard (`shard_<k>.json`), not per process.
+
+    Any process count that splits the same shards can then resume the position: each process reads the files
+    of the shards it owns now. The iterator provides `shard_states() -> {shard: state}` and
+    `set_shard_states({shard: state})` (see `sora_jax.data.pipeline.ShardedBatches`).
+    """
+
+    def save(self, directory: Any, args: DataStateSave) -> None:
+        for shard, state in args.item.shard_states().items():
+            (directory / f"shard_{shard}.json").write_text(json.dumps(state))
+
+    def restore(self, directory: Any, args: DataStateRestore) -> Any:
+        states = {}
+        for shard in args.item.shard_ids:
+            file = directory / f"shard_{shard}.json"
+            if not file.exists():
+                raise SoraError(f"{file} does not exist: this checkpoint was saved with other data shards; resume "
+                                "with the same config.data.num_shards.")
+            states[shard] = json.loads(file.read_text())
+        args.item.set_shard_states(states)
+        return args.item
+
+    def metadata(self, directory: Any) -> None:
+        return None
+
+    def finalize(self, directory: Any) -> None:
+        pass
+
+    def close(self) -> None:
+        pass
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_save=True)
+@dataclasses.dataclass
+class DataStateSave(ocp.args.CheckpointArgs):
+    item: Any
+
+
+@ocp.args.register_with_handler(DataStateHandler, for_restore=True)
+@dataclasses.dataclass
+class DataStateRestore(ocp.args.CheckpointArgs):
+    item: Any
 
 
 def _path_name(path: tuple) -> str:
@@ -99,7 +144,7 @@ class Checkpointer:
         """Start an asynchronous save of `state` and the iterator position (returns before it is written)."""
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
-            data=grain.checkpoint.CheckpointSave(data_iterator),
+            data=DataStateSave(data_iterator),
         ), force=True)
 
     def restore(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, int] | None:
@@ -113,7 +158,7 @@ class Checkpointer:
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
                     state=ocp.args.StandardRestore(abstract_state),
-                    data=grain.checkpoint.CheckpointRestore(data_iterator),
+                    data=DataStateRestore(data_iterator),
                 ))
             except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable.
                 log.warning("checkpoint %s/%d could not be read (%s: %s); trying the previous one. It is left in "

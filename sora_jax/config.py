@@ -127,7 +127,7 @@ def base_config() -> ml_collections.ConfigDict:
 
     c.mesh = ml_collections.ConfigDict()
     c.mesh.data = -1  # -1 = all devices not used by the other axes.
-    c.mesh.fsdp = 1
+    c.mesh.fsdp = 0  # 0 = automatic: 1 in one process; on a pod, the devices of each host.
     c.mesh.tensor = 1
     # Multi-slice TPU jobs: how many slices each axis spans (the product is the number of slices).
     c.mesh.dcn_data = 1
@@ -256,8 +256,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(config.tokenizer.vocab_size >= 64, "config.tokenizer.vocab_size must be at least 64.")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
-        require(isinstance(size, int) and (size > 0 or size == -1),
-                f"config.mesh.{axis}={size!r}: use a positive size, or -1 for the remaining devices.")
+        automatic = axis == "fsdp" and size == 0
+        require(isinstance(size, int) and (size > 0 or size == -1 or automatic),
+                f"config.mesh.{axis}={size!r}: use a positive size, or -1 for the remaining devices"
+                f"{' (or 0 = automatic)' if axis == 'fsdp' else ''}.")
     require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1,
             "at most one of config.mesh.data/fsdp/tensor may be -1.")
 

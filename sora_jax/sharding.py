@@ -27,6 +27,9 @@ LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "relp
 def resolve_mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
     """Fill a -1 axis with the remaining devices and check that the product equals the device count."""
     shape = [sizes[a] for a in MESH_AXES]
+    if any(s == 0 or s < -1 for s in shape):
+        raise SoraError(f"mesh sizes {dict(zip(MESH_AXES, shape, strict=True))} must be positive, or -1 for the "
+                        "remaining devices.")
     known = math.prod(s for s in shape if s != -1)
     if -1 in shape:
         if num_devices % known:
@@ -69,8 +72,15 @@ def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None
 
 
 def mesh_from_config(mesh_config: Any) -> Mesh:
-    """The mesh described by `config.mesh` (axis sizes and the multi-slice dcn_* sizes)."""
-    return make_mesh({a: mesh_config[a] for a in MESH_AXES}, dcn={a: mesh_config[f"dcn_{a}"] for a in MESH_AXES})
+    """The mesh described by `config.mesh` (axis sizes and the multi-slice dcn_* sizes).
+
+    `fsdp=0` means automatic: 1 (pure data parallelism) in a single process; on a pod, each host's devices
+    shard the weights (FSDP inside a host, data parallelism across hosts).
+    """
+    sizes = {a: mesh_config[a] for a in MESH_AXES}
+    if sizes["fsdp"] == 0:
+        sizes["fsdp"] = jax.local_device_count() if jax.process_count() > 1 else 1
+    return make_mesh(sizes, dcn={a: mesh_config[f"dcn_{a}"] for a in MESH_AXES})
 
 
 def check_rules(rules: Sequence[tuple[str, Any]]) -> tuple[tuple[str, Any], ...]:

@@ -1,10 +1,12 @@
 """Real multi-process training on CPU: two processes (2 devices each, gloo collectives) on one 4-device mesh
-train, checkpoint and resume, and see exactly the batches and losses of a single-process 4-device run."""
+(FSDP inside each process, data parallelism across them) train, checkpoint and resume, and see exactly the
+batches and losses of a single-process 4-device run; a checkpoint of that run resumes on the two processes."""
 
 from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 from pathlib import Path
@@ -45,10 +47,12 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 
 def test_two_processes_match_one_process_and_resume(tmp_path, tfds_dir):
-    single = subprocess.run(command(tfds_dir, tmp_path / "single", 8), env=env_with_devices(4),
-                            capture_output=True, text=True, timeout=400)
+    # One process, 4 devices as a 1x2x2 (data, fsdp, tensor) mesh.
+    single = subprocess.run([*command(tfds_dir, tmp_path / "single", 8), "--config.mesh.fsdp=2",
+                             "--config.mesh.tensor=2"], env=env_with_devices(4), capture_output=True, text=True,
+                            timeout=400)
     assert single.returncode == 0, single.stderr[-3000:]
-    assert "mesh {'data': 4" in single.stdout
+    assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in single.stdout
 
     multi = tmp_path / "multi"
     run_two_processes(command(tfds_dir, multi, 6))  # Interrupted after step 6 (checkpoints 3 and 6) ...
@@ -58,7 +62,18 @@ def test_two_processes_match_one_process_and_resume(tmp_path, tfds_dir):
     assert sorted(got) == list(range(1, 9)) and sorted(expected) == list(range(1, 9))
     np.testing.assert_allclose([got[s] for s in range(1, 9)], [expected[s] for s in range(1, 9)], rtol=1e-5)
     assert got[8] < got[1]
-    a = checkpoint.read_as_numpy(tmp_path / "single" / "checkpoints" / "8" / "state")
-    b = checkpoint.read_as_numpy(multi / "checkpoints" / "8" / "state")
-    for x, y in zip(jax.tree.leaves(a["params"]), jax.tree.leaves(b["params"]), strict=True):
+    expected_params = checkpoint.read_as_numpy(tmp_path / "single" / "checkpoints" / "8" / "state")["params"]
+    assert_params_close(expected_params, multi)
+
+    # A checkpoint saved by the one-process 1x2x2 mesh resumes on the two-process mesh.
+    crossed = tmp_path / "crossed"
+    shutil.copytree(tmp_path / "single", crossed)
+    shutil.rmtree(crossed / "checkpoints" / "8")
+    run_two_processes(command(tfds_dir, crossed, 8))
+    assert_params_close(expected_params, crossed)
+
+
+def assert_params_close(expected: dict, workdir: Path) -> None:
+    params = checkpoint.read_as_numpy(workdir / "checkpoints" / "8" / "state")["params"]
+    for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)

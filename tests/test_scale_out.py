@@ -51,7 +51,7 @@ def random_batch(rows: int = 8, seed: int = 0) -> dict[str, np.ndarray]:
 
 def train_steps(mesh_sizes: dict[str, int], num_steps: int = 3):
     config = make_config(**mesh_sizes)
-    mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
+    mesh = sharding.mesh_from_config(config.mesh)
     setup = make_setup(config, mesh)
     state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, 0, setup.rng_impl)
     losses = []
@@ -76,6 +76,13 @@ def test_mesh_that_does_not_fit_the_devices_is_refused(sizes, message):
         sharding.make_mesh(sizes)
 
 
+def test_fsdp_zero_means_automatic_and_other_zero_sizes_are_refused():
+    config = make_config(data=-1, fsdp=0)
+    assert dict(sharding.mesh_from_config(config.mesh).shape) == {"data": 8, "fsdp": 1, "tensor": 1}
+    with pytest.raises(SoraError, match="must be positive, or -1"):
+        sharding.make_mesh({"data": 0, "fsdp": 1, "tensor": 1})
+
+
 def test_unknown_logical_axis_or_mesh_axis_is_refused():
     with pytest.raises(SoraError, match="unknown logical axis 'embedding'"):
         sharding.check_rules((("embedding", "fsdp"),))
@@ -85,7 +92,7 @@ def test_unknown_logical_axis_or_mesh_axis_is_refused():
 
 def test_dimension_not_divisible_by_its_mesh_axes_names_the_parameter():
     config = make_config(data=1, fsdp=1, tensor=8)
-    mesh = sharding.make_mesh({a: config.mesh[a] for a in sharding.MESH_AXES})
+    mesh = sharding.mesh_from_config(config.mesh)
     expected = r"decoder/layers_0/cross_attention/k/kernel has shape \(64, 4, 16\): dimension 4 is not divisible"
     with pytest.raises(SoraError, match=expected):
         make_setup(config, mesh)  # 4 heads over 8 tensor-parallel devices
@@ -122,7 +129,9 @@ def test_data_fsdp_tensor_mesh_computes_what_one_device_computes():
 def _dummy_iterator():
     import grain
 
-    return iter(grain.MapDataset.source(list(range(10))).to_iter_dataset())
+    from sora_jax.data.pipeline import ShardedBatches
+
+    return ShardedBatches({0: iter(grain.MapDataset.source(list(range(10))).to_iter_dataset())})
 
 
 @pytest.mark.parametrize("target", [{"data": 8, "fsdp": 1, "tensor": 1}, {"data": 1, "fsdp": 4, "tensor": 2},

@@ -8,7 +8,6 @@ the same number of steps (the compiled step is a collective).
 from __future__ import annotations
 
 import dataclasses
-import json
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Any
 
@@ -182,35 +181,30 @@ class ShardedBatches:
     `global_batch_size / num_shards` rows per batch. Process p of P owns the contiguous shards
     [p*S/P, (p+1)*S/P), so row i of every global batch is the same whatever the number of processes: a run
     on 2 hosts sees exactly the batches that a run on 1 host (with the same `num_shards`) sees. Each process
-    reads and tokenizes only its own shards. `get_state`/`set_state` (JSON bytes, as grain's orbax handler
-    expects of non-grain iterators) make it resumable exactly.
+    reads and tokenizes only its own shards. The position is saved per shard (`shard_states`), so a run can
+    resume on another number of processes.
     """
 
-    def __init__(self, iterators: list[Any]):
+    def __init__(self, iterators: dict[int, Any]):
         self._iterators = iterators
+
+    @property
+    def shard_ids(self) -> list[int]:
+        return list(self._iterators)
 
     def __iter__(self) -> ShardedBatches:
         return self
 
     def __next__(self) -> dict[str, np.ndarray]:
-        parts = [next(it) for it in self._iterators]
+        parts = [next(it) for it in self._iterators.values()]
         return {k: np.concatenate([part[k] for part in parts]) for k in parts[0]}
 
-    def get_state(self) -> bytes:
-        return json.dumps({"shards": [it.get_state() for it in self._iterators]}).encode()
+    def shard_states(self) -> dict[int, Any]:
+        return {shard: it.get_state() for shard, it in self._iterators.items()}
 
-    def set_state(self, state: bytes) -> None:
-        shard_states = json.loads(state)["shards"]
-        if len(shard_states) != len(self._iterators):
-            raise SoraError(f"the checkpoint's data state has {len(shard_states)} shards but this process reads "
-                            f"{len(self._iterators)}; resume with the same config.data.num_shards and process count.")
-        for it, shard_state in zip(self._iterators, shard_states, strict=True):
-            it.set_state(shard_state)
-
-    def start_prefetch(self) -> None:
-        for it in self._iterators:
-            if hasattr(it, "start_prefetch"):
-                it.start_prefetch()
+    def set_shard_states(self, states: dict[int, Any]) -> None:
+        for shard, it in self._iterators.items():
+            it.set_state(states[shard])
 
 
 def sharded_train_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, global_batch_size: int,
@@ -221,8 +215,8 @@ def sharded_train_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, glob
                         f"and divide batch_size={global_batch_size}.")
     per_process = num_shards // process_count
     owned = range(process_index * per_process, (process_index + 1) * per_process)
-    return ShardedBatches([
-        iter(train_dataset(pairs, tokenizer, batch_size=global_batch_size // num_shards, process_index=shard,
-                           process_count=num_shards, **options))
+    return ShardedBatches({
+        shard: iter(train_dataset(pairs, tokenizer, batch_size=global_batch_size // num_shards,
+                                  process_index=shard, process_count=num_shards, **options))
         for shard in owned
-    ])
+    })
