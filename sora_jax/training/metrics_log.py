@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import json
 import math
-import sys
 import time
 from pathlib import Path
 
@@ -95,8 +94,3 @@ class Progress:
                 f"lr {metrics['learning_rate']:.2e} | {tokens_per_sec / 1e3:,.1f}k tok/s | "
                 f"{elapsed / steps * 1e3:.0f} ms/step | ETA {format_duration(eta)}")
         return text, tokens_per_sec
-
-
-def write_line(message: str) -> None:
-    """Print to stderr (warnings that must be seen even when stdout is piped)."""
-    print(message, file=sys.stderr, flush=True)
