@@ -27,8 +27,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import logging
-import os
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -167,8 +165,6 @@ def evaluate_workdir(workdir: str | Path, *, split: str = "validation", step: in
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of sora-eval; returns the process exit status."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def body() -> int:
         evaluate_workdir(args.workdir, split=args.split, step=args.step, all_checkpoints=args.all_checkpoints,

@@ -16,7 +16,9 @@ from __future__ import annotations
 import argparse
 import contextlib
 import dataclasses
+import logging
 import math
+import os
 import sys
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -285,6 +287,8 @@ def describe_options(options: DecodeOptions) -> str:
 # --- command lines --------------------------------------------------------------------------------------------
 def run_cli(main: Callable[[], int]) -> int:
     """Run a CLI body: SoraError -> 'error: <message>' on stderr and exit status 2."""
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
         return main()
     except SoraError as e:

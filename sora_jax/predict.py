@@ -29,9 +29,7 @@ import dataclasses
 import functools
 import itertools
 import json
-import logging
 import math
-import os
 import sys
 from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
@@ -273,8 +271,6 @@ def predict_lines(predictor: Predictor, lines: Iterable[str], out: TextIO, *, ba
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of sora-predict; returns the process exit status."""
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
-    logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
 
     def body() -> int:
         if args.input is not None and not Path(args.input).is_file():
