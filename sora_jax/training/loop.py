@@ -163,6 +163,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
     finally:
         ckpt.close()
         log.close()
+        if jax.process_count() > 1:
+            # Leave together: jax's shutdown barrier fails a process that waits too long for the others.
+            multihost_utils.sync_global_devices("sora_run_end")
 
 
 def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, train_iter: Any,
