@@ -103,21 +103,24 @@ def quiet_orbax() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def check_param_shapes(state_directory: Path, abstract_params: Any) -> None:
+def check_param_shapes(item_directory: Path, abstract_params: Any, key: str | None = "params") -> None:
     """A SoraError naming the first parameter whose saved shape differs from `abstract_params`' shape.
 
-    Reads the item's own metadata (a checkpoint manager in a fresh process has no handler registered yet and
-    cannot). Unreadable metadata is left to the restore that follows, which reports it.
+    `key` is where the params sit in the saved tree ("params" in a train state; None when the item is the
+    params themselves, as in `<workdir>/best/params`). Reads the item's own metadata (a checkpoint manager in a
+    fresh process has no handler registered yet and cannot). Unreadable metadata is left to the restore that
+    follows, which reports it.
     """
     try:
         with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
-            saved_params = reader.metadata(state_directory).item_metadata.tree["params"]
+            saved = reader.metadata(item_directory).item_metadata.tree
+        saved_params = saved if key is None else saved[key]
     except Exception:  # noqa: BLE001 - see the docstring.
         return
     problems = _shape_mismatches(saved_params, abstract_params)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SoraError(f"checkpoint {state_directory.parent} does not match this config: {problems[0]}{more}. Use "
+        raise SoraError(f"checkpoint {item_directory.parent} does not match this config: {problems[0]}{more}. Use "
                         "the model settings the workdir was trained with, or a new --workdir.")
 
 
@@ -228,6 +231,23 @@ class BestCheckpoint:
         if self.value is None:
             return True
         return value < self.value if self.lower_is_better else value > self.value
+
+    @staticmethod
+    def saved_step(directory: Path) -> int:
+        """The step whose params `directory` (a `<workdir>/best`) holds; a SoraError when there are none."""
+        info = Path(directory) / "best.json"
+        if not info.is_file():
+            raise SoraError(f"no best checkpoint in {directory}: the run was trained without config.best_metric "
+                            "or has not evaluated yet; pick a --step instead.")
+        return int(json.loads(info.read_text())["step"])
+
+    @staticmethod
+    def restore_params(directory: Path, abstract_params: Any) -> tuple[Any, int]:
+        """The params saved in `directory`, placed on `abstract_params`' shardings, and their step."""
+        step = BestCheckpoint.saved_step(directory)
+        check_param_shapes(Path(directory) / "params", abstract_params, key=None)
+        with quiet_orbax(), ocp.StandardCheckpointer() as reader:
+            return reader.restore(Path(directory).absolute() / "params", abstract_params), step
 
     def update(self, step: int, params: Any, metrics: dict[str, float]) -> bool:
         """Save `params` if `metrics[metric]` beats the best so far; return whether it did."""

@@ -1,10 +1,11 @@
 """`sora-eval` / `python -m sora_jax.evaluate`: evaluate a trained workdir's checkpoints on a split.
 
-    sora-eval --workdir=DIR [--step=N | --all_checkpoints] [--split=validation|test] [--max_examples=N]
+    sora-eval --workdir=DIR [--step=N|best | --all_checkpoints] [--split=validation|test] [--max_examples=N]
               [--method=greedy|beam|sample] [--beam_size=4] [--alpha=0.6] [--max_length=N]
               [--temperature=T] [--top_k=K] [--top_p=P] [--seed=S] [--config.KEY=VALUE ...]
 
-Restores the params of the newest checkpoint (or --step, or each kept one with --all_checkpoints), decodes
+Restores the params of the newest checkpoint (or --step, --step=best for `DIR/best`, or each kept one with
+--all_checkpoints), decodes
 the whole split in padded batches of config.data.eval_batch_size over the data axes of the mesh, computes the
 task's metrics (sora_jax/evaluation/metrics.py) and the teacher-forced loss, prints them, and writes
 
@@ -56,7 +57,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
         epilog="Overrides of the saved config: --config.KEY=VALUE (e.g. --config.data.eval_batch_size=64).")
     parser.add_argument("--workdir", required=True, help="the training run's directory")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    which.add_argument("--step", type=inference.parse_step, default=None,
+                       help="checkpoint step, or 'best' for the params kept at the best validation (default: the "
+                            "newest)")
     which.add_argument("--all_checkpoints", action="store_true", help="evaluate every kept checkpoint")
     parser.add_argument("--split", default="validation", help="dataset split: validation (default) or test")
     parser.add_argument("--max_examples", type=int, default=0, help="evaluate only the first N examples (0 = all)")
@@ -107,12 +110,13 @@ def format_table(results: Sequence[EvalResult]) -> str:
     return "\n".join("  ".join(cell.rjust(w) for cell, w in zip(row, widths, strict=True)) for row in [header, *rows])
 
 
-def evaluate_workdir(workdir: str | Path, *, split: str = "validation", step: int | None = None,
+def evaluate_workdir(workdir: str | Path, *, split: str = "validation", step: int | str | None = None,
                      all_checkpoints: bool = False, overrides: Mapping[str, Any] | None = None,
                      decode: Mapping[str, Any] | None = None, max_examples: int = 0,
                      echo: bool = True) -> list[EvalResult]:
-    """Evaluate checkpoint `step` (default: the newest), or every kept one, of `workdir` on `split`; write each
-    one's predictions.jsonl and metrics.json under `<workdir>/eval/<split>_step<N>/`.
+    """Evaluate checkpoint `step` (default: the newest; "best": `<workdir>/best`), or every kept one, of `workdir`
+    on `split`; write each one's predictions.jsonl and metrics.json under `<workdir>/eval/<split>_step<N>/` (or
+    `<split>_best/`).
 
     `decode` holds keyword arguments of `inference.decode_options` (method, beam_size, max_length, ...).
     Every input check (split, step, decoding options, shapes) happens before the first compile.
@@ -151,11 +155,12 @@ def evaluate_workdir(workdir: str | Path, *, split: str = "validation", step: in
         loaded = run.with_step(current)
         with loaded.activate():
             metrics, predictions = evaluator.evaluate(loaded.params, split, max_examples=max_examples)
-        directory = run.workdir / "eval" / f"{split}_step{current}"
-        result = EvalResult(current, split, metrics, predictions, directory)
+        directory = run.workdir / "eval" / (f"{split}_best" if loaded.from_best else f"{split}_step{current}")
+        result = EvalResult(loaded.step, split, metrics, predictions, directory)
         _write(directory, result, options)
         results.append(result)
-        say(f"eval {split} @ step {current}: {format_metrics(metrics)}")
+        which = f"step {loaded.step} (best)" if loaded.from_best else f"step {loaded.step}"
+        say(f"eval {split} @ {which}: {format_metrics(metrics)}")
         say(f"  wrote {directory / 'predictions.jsonl'} and metrics.json")
     if all_checkpoints:
         say(format_table(results))

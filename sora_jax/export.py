@@ -1,6 +1,6 @@
 """Export a Sora checkpoint to the Hugging Face T5 layout (config.json, model.safetensors, spiece.model).
 
-    python -m sora_jax.export --workdir=runs/default --out=runs/default/hf [--step=N]
+    python -m sora_jax.export --workdir=runs/default --out=runs/default/hf [--step=N|best]
 
 The result loads with `transformers.T5ForConditionalGeneration.from_pretrained(out)`.
 """
@@ -18,27 +18,35 @@ from sora_jax import checkpoint
 from sora_jax.config import load_saved_config
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
+from sora_jax.inference import BEST, parse_step
 from sora_jax.interop import save_hf_t5
 from sora_jax.training.workdir import resolve_model_config
 
 
-def export_workdir(workdir: Path, out: Path, step: int | None = None) -> int:
-    """Write checkpoint `step` (default: the newest) of `workdir` to `out`; return the step exported."""
+def export_workdir(workdir: Path, out: Path, step: int | str | None = None) -> int:
+    """Write checkpoint `step` (default: the newest; "best": `<workdir>/best`) of `workdir` to `out`; return the
+    training step exported."""
     config_file = workdir / "config.json"
     if not config_file.is_file():
         raise SoraError(f"{workdir} has no config.json: it is not a Sora workdir (train first, or fix --workdir).")
     config = ml_collections.ConfigDict(load_saved_config(config_file))
-    steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
-    if not steps:
-        raise SoraError(f"no checkpoint in {workdir / 'checkpoints'}: train first.")
-    step = steps[-1] if step is None else step
-    if step not in steps:
-        raise SoraError(f"there is no checkpoint step {step} in {workdir / 'checkpoints'}; available: {steps}.")
+    if step == BEST:
+        step = checkpoint.BestCheckpoint.saved_step(workdir / BEST)
+        params_item, key = workdir / BEST / "params", None
+    else:
+        steps = sorted(int(p.name) for p in (workdir / "checkpoints").glob("*") if p.name.isdigit())
+        if not steps:
+            raise SoraError(f"no checkpoint in {workdir / 'checkpoints'}: train first.")
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise SoraError(f"there is no checkpoint step {step} in {workdir / 'checkpoints'}; available: {steps}.")
+        params_item, key = workdir / "checkpoints" / str(step) / "state", "params"
     tokenizer_path = Path(config.tokenizer.model_path or workdir / "tokenizer.model")
     tokenizer = Tokenizer.load(tokenizer_path)
     model_config = resolve_model_config(config.model, tokenizer.vocab_size)
     # Host arrays whatever mesh saved them: export needs no devices.
-    params = checkpoint.read_as_numpy(workdir / "checkpoints" / str(step) / "state")["params"]
+    saved = checkpoint.read_as_numpy(params_item)
+    params = saved if key is None else saved[key]
     save_hf_t5(out, model_config, params, tokenizer)
     return step
 
@@ -48,7 +56,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sora-export", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a trained Sora workdir")
     parser.add_argument("--out", required=True, help="output directory (created)")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    parser.add_argument("--step", type=parse_step, default=None,
+                        help="checkpoint step, or 'best' (default: the newest)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         step = export_workdir(Path(args.workdir), Path(args.out), args.step)

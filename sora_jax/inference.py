@@ -2,6 +2,7 @@
 
     run = load_workdir("runs/default")            # newest checkpoint
     run = load_workdir("runs/default", {"data.max_input_length": "256"}, step=400)
+    run = load_workdir("runs/default", step="best")  # the params kept for the best validation metric
 
 Used by `sora-eval` (sora_jax/evaluate.py) and `Predictor` (sora_jax/predict.py). Parameters are restored only
 through `Checkpointer.restore_params`, so a config that no longer matches the checkpoint's shapes, a missing
@@ -37,6 +38,18 @@ from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import default_decode_length
 from sora_jax.model import EncoderDecoder, ModelConfig
 
+BEST = "best"  # A step argument that means <workdir>/best (see checkpoint.BestCheckpoint).
+
+
+def parse_step(text: str) -> int | str:
+    """The --step flag of the CLIs: a checkpoint step number, or "best"."""
+    if text == BEST:
+        return BEST
+    try:
+        return int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a checkpoint step number or '{BEST}', got {text!r}") from None
+
 
 @dataclasses.dataclass(frozen=True)
 class LoadedRun:
@@ -55,20 +68,33 @@ class LoadedRun:
     steps: tuple[int, ...]  # Every committed checkpoint step, oldest first.
     params: Any  # Those of `step` (None when loaded with restore=False).
     step: int | None
+    from_best: bool = False  # The params came from <workdir>/best (their training step is `step`).
     notes: tuple[str, ...] = ()  # Things worth telling the user (e.g. a mesh fallback); CLIs print them.
 
     @property
     def checkpoint_dir(self) -> Path:
         return self.workdir / "checkpoints"
 
-    def with_step(self, step: int) -> LoadedRun:
-        """The same run with the params of checkpoint `step` (a SoraError listing the steps if it is absent)."""
-        params, step = _restore_params(self.checkpoint_dir, self.config, self.abstract_params, step)
-        return dataclasses.replace(self, params=params, step=step)
+    @property
+    def best_dir(self) -> Path:
+        return self.workdir / "best"
 
-    def check_shapes(self, step: int) -> None:
-        """A SoraError when checkpoint `step`'s params do not have this config's shapes (reads metadata only)."""
-        checkpoint.check_param_shapes(self.checkpoint_dir / str(step) / "state", self.abstract_params)
+    def with_step(self, step: int | str) -> LoadedRun:
+        """The same run with the params of checkpoint `step` or of "best" (a SoraError if it is absent)."""
+        if step == BEST:
+            params, step = checkpoint.BestCheckpoint.restore_params(self.best_dir, self.abstract_params)
+            return dataclasses.replace(self, params=params, step=step, from_best=True)
+        params, step = _restore_params(self.checkpoint_dir, self.config, self.abstract_params, step)
+        return dataclasses.replace(self, params=params, step=step, from_best=False)
+
+    def check_shapes(self, step: int | str) -> None:
+        """A SoraError when checkpoint `step`'s (or best's) params do not have this config's shapes, or when
+        there is no best checkpoint (reads metadata only)."""
+        if step == BEST:
+            checkpoint.BestCheckpoint.saved_step(self.best_dir)
+            checkpoint.check_param_shapes(self.best_dir / "params", self.abstract_params, key=None)
+        else:
+            checkpoint.check_param_shapes(self.checkpoint_dir / str(step) / "state", self.abstract_params)
 
     def activate(self) -> contextlib.AbstractContextManager:
         """The mesh and logical-axis rules, current (needed while tracing the model's sharding constraints)."""
@@ -200,9 +226,10 @@ def checkpoint_steps(workdir: Path, config: ml_collections.ConfigDict) -> tuple[
     return tuple(steps)
 
 
-def load_workdir(workdir: str | Path, overrides: Mapping[str, Any] | None = None, step: int | None = None, *,
-                 restore: bool = True) -> LoadedRun:
-    """Rebuild the run saved in `workdir` and restore the params of checkpoint `step` (default: the newest).
+def load_workdir(workdir: str | Path, overrides: Mapping[str, Any] | None = None, step: int | str | None = None,
+                 *, restore: bool = True) -> LoadedRun:
+    """Rebuild the run saved in `workdir` and restore the params of checkpoint `step` (default: the newest;
+    "best": those training kept for its best validation metric).
 
     `overrides` are config keys with values (command-line text or Python values), applied on top of the saved
     config.json. The mesh is the saved one when it fits this machine's devices, else data parallelism over
@@ -219,7 +246,7 @@ def load_workdir(workdir: str | Path, overrides: Mapping[str, Any] | None = None
     mesh, mesh_notes = make_mesh(config)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     steps = checkpoint_steps(workdir, config)
-    if step is not None and step not in steps:
+    if step not in (None, BEST, *steps):
         raise SoraError(f"there is no checkpoint step {step} in {workdir / 'checkpoints'}; available: "
                         f"{', '.join(map(str, steps))}.")
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)

@@ -12,7 +12,7 @@ included, as in training), and decoded in batches. Batches are padded to a power
 multiple of the data-parallel devices, at most `batch_size`) and inputs to a power-of-two length (at most
 max_input_length), so one decoding function is compiled per (options, batch shape) and reused.
 
-    sora-predict --workdir=DIR [--step=N] [--input=FILE] [--jsonl] [--batch_size=32] [--raw]
+    sora-predict --workdir=DIR [--step=N|best] [--input=FILE] [--jsonl] [--batch_size=32] [--raw]
                  [--method=greedy|beam|sample] [--beam_size=4] [--alpha=0.6] [--max_length=N]
                  [--temperature=T] [--top_k=K] [--top_p=P] [--seed=S] [--config.KEY=VALUE ...]
 
@@ -95,8 +95,8 @@ class Predictor:
                                out_shardings=self._replicated)
 
     @classmethod
-    def from_workdir(cls, path: str | Path, step: int | None = None, **overrides: Any) -> Predictor:
-        """Load `path`'s newest checkpoint (or `step`), with config overrides applied."""
+    def from_workdir(cls, path: str | Path, step: int | str | None = None, **overrides: Any) -> Predictor:
+        """Load `path`'s newest checkpoint (or `step`, or "best"), with config overrides applied."""
         return cls(inference.load_workdir(path, _overrides(overrides), step=step))
 
     @property
@@ -210,7 +210,9 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
         prog="sora-predict", description="Decode one input per line (stdin or --input) with a trained Sora workdir.",
         epilog="Overrides of the saved config: --config.KEY=VALUE (e.g. --config.data.max_input_length=256).")
     parser.add_argument("--workdir", required=True, help="the training run's directory")
-    parser.add_argument("--step", type=int, default=None, help="checkpoint step (default: the newest)")
+    parser.add_argument("--step", type=inference.parse_step, default=None,
+                        help="checkpoint step, or 'best' for the params kept at the best validation (default: the "
+                             "newest)")
     parser.add_argument("--input", default=None, help="read inputs from this file instead of stdin")
     parser.add_argument("--jsonl", action="store_true", help='write {"input", "prediction", "score"} JSON lines')
     parser.add_argument("--batch_size", type=int, default=32, help="inputs decoded together (default 32)")

@@ -9,13 +9,18 @@ import subprocess
 import sys
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
+from sora_jax import checkpoint, inference
 from sora_jax import config as config_lib
 from sora_jax.data import builders, pipeline
 from sora_jax.data.tasks import get_task
 from sora_jax.evaluate import main
 from sora_jax.evaluation.metrics import text_metrics
+from sora_jax.export import export_workdir
+from sora_jax.interop import load_hf_t5
 from sora_jax.training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,3 +133,33 @@ def test_module_command_line_exit_status(workdir):
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("available: 10, 20.")
     assert result.stdout == ""
+
+
+def test_step_best_evaluates_predicts_and_exports_the_best_params(workdir, tmp_path, capsys):
+    # A copy whose best/ holds step 10's params while the newest checkpoint is step 20, so that "best" and
+    # "newest" differ.
+    run_dir = tmp_path / "run"
+    shutil.copytree(workdir, run_dir, ignore=shutil.ignore_patterns("eval", "best"))
+    params_10 = checkpoint.read_as_numpy(run_dir / "checkpoints" / "10" / "state")["params"]
+    checkpoint.BestCheckpoint(run_dir / "best", "loss").update(10, params_10, {"loss": 1.0})
+    args = [f"--workdir={run_dir}", "--split=test", "--max_examples=64"]
+    assert main([*args, "--step=10"]) == 0 and main([*args, "--step=best"]) == 0
+    assert "eval test @ step 10 (best): loss " in capsys.readouterr().out
+    by_step = json.loads((run_dir / "eval" / "test_step10" / "metrics.json").read_text())
+    by_best = json.loads((run_dir / "eval" / "test_best" / "metrics.json").read_text())
+    assert by_best["step"] == 10 and by_best["metrics"] == pytest.approx(by_step["metrics"])
+
+    loaded = inference.load_workdir(run_dir, step="best")
+    assert loaded.step == 10 and loaded.from_best
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.params), params_10)
+    assert export_workdir(run_dir, tmp_path / "hf", step="best") == 10
+    _, exported, _ = load_hf_t5(tmp_path / "hf")
+    jax.tree.map(np.testing.assert_array_equal, jax.device_get(exported), params_10)
+
+
+def test_step_best_without_a_best_checkpoint_exits_2(workdir, tmp_path, capsys):
+    run_dir = tmp_path / "run"
+    shutil.copytree(workdir, run_dir, ignore=shutil.ignore_patterns("eval", "best"))
+    message = error_of([f"--workdir={run_dir}", "--step=best"], capsys)
+    assert message == (f"error: no best checkpoint in {run_dir / 'best'}: the run was trained without "
+                       "config.best_metric or has not evaluated yet; pick a --step instead.")
