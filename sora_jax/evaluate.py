@@ -5,9 +5,9 @@
               [--temperature=T] [--top_k=K] [--top_p=P] [--seed=S] [--config.KEY=VALUE ...]
 
 Restores the params of the newest checkpoint (or --step, --step=best for `DIR/best`, or each kept one with
---all_checkpoints), decodes
-the whole split in padded batches of config.data.eval_batch_size over the data axes of the mesh, computes the
-task's metrics (sora_jax/evaluation/metrics.py) and the teacher-forced loss, prints them, and writes
+--all_checkpoints), decodes the whole split in padded batches of config.data.eval_batch_size over the data
+axes of the mesh, computes the task's metrics (sora_jax/evaluation/metrics.py) and the teacher-forced loss,
+prints them, and writes (under `<split>_best/` for --step=best)
 
     DIR/eval/<split>_step<N>/predictions.jsonl   one {"input", "target", "prediction"} per example, in order
     DIR/eval/<split>_step<N>/metrics.json        {"step", "split", "examples", "decode", "metrics"}

@@ -77,7 +77,7 @@ class LoadedRun:
 
     @property
     def best_dir(self) -> Path:
-        return self.workdir / "best"
+        return self.workdir / BEST
 
     def with_step(self, step: int | str) -> LoadedRun:
         """The same run with the params of checkpoint `step` or of "best" (a SoraError if it is absent)."""
