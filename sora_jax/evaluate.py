@@ -57,9 +57,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
         epilog="Overrides of the saved config: --config.KEY=VALUE (e.g. --config.data.eval_batch_size=64).")
     parser.add_argument("--workdir", required=True, help="the training run's directory")
     which = parser.add_mutually_exclusive_group()
-    which.add_argument("--step", type=inference.parse_step, default=None,
-                       help="checkpoint step, or 'best' for the params kept at the best validation (default: the "
-                            "newest)")
+    inference.add_step_flag(which)
     which.add_argument("--all_checkpoints", action="store_true", help="evaluate every kept checkpoint")
     parser.add_argument("--split", default="validation", help="dataset split: validation (default) or test")
     parser.add_argument("--max_examples", type=int, default=0, help="evaluate only the first N examples (0 = all)")

@@ -18,7 +18,7 @@ from sora_jax import checkpoint
 from sora_jax.config import load_saved_config
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
-from sora_jax.inference import BEST, parse_step
+from sora_jax.inference import BEST, add_step_flag
 from sora_jax.interop import save_hf_t5
 from sora_jax.training.workdir import resolve_model_config
 
@@ -56,8 +56,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="sora-export", description=__doc__.split("\n")[0])
     parser.add_argument("--workdir", required=True, help="a trained Sora workdir")
     parser.add_argument("--out", required=True, help="output directory (created)")
-    parser.add_argument("--step", type=parse_step, default=None,
-                        help="checkpoint step, or 'best' (default: the newest)")
+    add_step_flag(parser)
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
     try:
         step = export_workdir(Path(args.workdir), Path(args.out), args.step)

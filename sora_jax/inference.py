@@ -41,14 +41,20 @@ from sora_jax.model import EncoderDecoder, ModelConfig
 BEST = "best"  # A step argument that means <workdir>/best (see checkpoint.BestCheckpoint).
 
 
-def parse_step(text: str) -> int | str:
-    """The --step flag of the CLIs: a checkpoint step number, or "best"."""
+def _parse_step(text: str) -> int | str:
     if text == BEST:
         return BEST
     try:
         return int(text)
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected a checkpoint step number or '{BEST}', got {text!r}") from None
+
+
+def add_step_flag(parser: Any) -> None:
+    """--step for the CLIs (a parser or an argument group): a checkpoint step number, or "best"."""
+    parser.add_argument("--step", type=_parse_step, default=None,
+                        help=f"checkpoint step, or '{BEST}' for the params kept at the best validation (default: the "
+                             "newest)")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -210,9 +210,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
         prog="sora-predict", description="Decode one input per line (stdin or --input) with a trained Sora workdir.",
         epilog="Overrides of the saved config: --config.KEY=VALUE (e.g. --config.data.max_input_length=256).")
     parser.add_argument("--workdir", required=True, help="the training run's directory")
-    parser.add_argument("--step", type=inference.parse_step, default=None,
-                        help="checkpoint step, or 'best' for the params kept at the best validation (default: the "
-                             "newest)")
+    inference.add_step_flag(parser)
     parser.add_argument("--input", default=None, help="read inputs from this file instead of stdin")
     parser.add_argument("--jsonl", action="store_true", help='write {"input", "prediction", "score"} JSON lines')
     parser.add_argument("--batch_size", type=int, default=32, help="inputs decoded together (default 32)")
