@@ -5,7 +5,7 @@ With no arguments it trains configs/default.py (Chinese review sentiment, small 
 
 import sys
 
-from sora_jax.training.cli import main
+from sora_jax.cli.train import main
 
 if __name__ == "__main__":
     sys.exit(main())

@@ -4,11 +4,13 @@ from typing import Any
 
 from sora_jax.errors import SoraError
 
-__all__ = ["LoadedRun", "Predictor", "SoraError", "load_workdir"]
+__all__ = ["LoadedRun", "Predictor", "SoraError", "evaluate_workdir", "export_workdir", "load_workdir"]
 __version__ = "0.1.0"
 
 # Imported on first use: `import sora_jax` stays cheap (no jax) for the command lines and config tools.
-_LAZY = {"Predictor": "sora_jax.predict", "load_workdir": "sora_jax.inference", "LoadedRun": "sora_jax.inference"}
+_LAZY = {"Predictor": "sora_jax.serving.predictor", "load_workdir": "sora_jax.workdir",
+         "LoadedRun": "sora_jax.workdir", "evaluate_workdir": "sora_jax.evaluation.workdir_eval",
+         "export_workdir": "sora_jax.serving.export"}
 
 
 def __getattr__(name: str) -> Any:

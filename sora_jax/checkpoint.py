@@ -1,8 +1,10 @@
 """Checkpoints (orbax): the train state plus each process's data-iterator state, saved asynchronously.
 
 A restore is always made against the current run's abstract state (shapes, dtypes, target shardings), so any
-mesh can read any checkpoint. An unreadable latest checkpoint is reported and the previous one is used;
-nothing is ever deleted here except by `keep_checkpoints` rotation after a successful save.
+mesh can read any checkpoint. An unreadable newest checkpoint is reported, moved aside to
+`<workdir>/corrupt_checkpoints/` (so that the run can save that step again and finish), and the previous one is
+used; nothing else is ever deleted here except by `keep_checkpoints` rotation after a successful save. Paths
+are `etils.epath` paths: orbax writes `gs://` through tensorstore.
 """
 
 from __future__ import annotations
@@ -11,15 +13,16 @@ import contextlib
 import dataclasses
 import json
 import logging
-import shutil
+import time
 from collections.abc import Iterator
-from pathlib import Path
 from typing import Any
 
 import jax
 import numpy as np
 import orbax.checkpoint as ocp
+from etils import epath
 
+from sora_jax import distributed, paths
 from sora_jax.errors import SoraError
 
 log = logging.getLogger(__name__)
@@ -103,7 +106,7 @@ def quiet_orbax() -> Iterator[None]:
         logger.setLevel(level)
 
 
-def check_param_shapes(item_directory: Path, abstract_params: Any, key: str | None = "params") -> None:
+def check_param_shapes(item_directory: epath.Path, abstract_params: Any, key: str | None = "params") -> None:
     """A SoraError naming the first parameter whose saved shape differs from `abstract_params`' shape.
 
     `key` is where the params sit in the saved tree ("params" in a train state; None when the item is the
@@ -120,20 +123,27 @@ def check_param_shapes(item_directory: Path, abstract_params: Any, key: str | No
     problems = _shape_mismatches(saved_params, abstract_params)
     if problems:
         more = f" (and {len(problems) - 1} more)" if len(problems) > 1 else ""
-        raise SoraError(f"checkpoint {item_directory.parent} does not match this config: {problems[0]}{more}. Use "
-                        "the model settings the workdir was trained with, or a new --workdir.")
+        raise SoraError(f"checkpoint {epath.Path(item_directory).parent} does not match this config: "
+                        f"{problems[0]}{more}. Use the model settings the workdir was trained with, or a new "
+                        "--workdir.")
 
 
 class Checkpointer:
     """Saves and restores {state, data iterator} under `<workdir>/checkpoints/<step>`."""
 
-    def __init__(self, directory: Path, *, keep: int, async_save: bool = True):
-        self.directory = Path(directory).absolute()
-        self._manager = ocp.CheckpointManager(
-            self.directory,
-            options=ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
-                                                 create=True, cleanup_tmp_directories=False),
-        )
+    def __init__(self, directory: paths.PathLike, *, keep: int, async_save: bool = True,
+                 corrupt_dir: paths.PathLike | None = None, use_ocdbt: bool = True):
+        self.directory = paths.as_path(directory)
+        self.corrupt_dir = paths.as_path(corrupt_dir) if corrupt_dir else self.directory.parent / "corrupt_checkpoints"
+        self._options = ocp.CheckpointManagerOptions(max_to_keep=keep, enable_async_checkpointing=async_save,
+                                                     create=True, cleanup_tmp_directories=False)
+        self._use_ocdbt = use_ocdbt
+        self._manager = self._new_manager()
+        self.notes: list[str] = []  # What a restore did that the user should hear about (printed by the caller).
+
+    def _new_manager(self) -> ocp.CheckpointManager:
+        handlers = {"state": ocp.StandardCheckpointHandler(use_ocdbt=self._use_ocdbt), "data": DataStateHandler()}
+        return ocp.CheckpointManager(self.directory, options=self._options, item_handlers=handlers)
 
     def steps(self) -> list[int]:
         """Steps of the committed checkpoints, oldest first."""
@@ -154,8 +164,11 @@ class Checkpointer:
         """Restore the newest readable checkpoint into `abstract_state`'s shardings; None if there is none.
 
         `data_iterator` is moved to the saved position in place. A checkpoint whose shapes disagree with the
-        current config is an error (it would be a different model); one that cannot be read is skipped.
+        current config is an error (it would be a different model). One that cannot be read is moved to
+        `corrupt_dir` (kept for inspection; the run can then save that step again) and the previous one is tried.
         """
+        unreadable: list[tuple[int, str]] = []
+        found = None
         for step in reversed(self.steps()):
             self._check_shapes(step, abstract_state.params)
             try:
@@ -163,31 +176,59 @@ class Checkpointer:
                     state=ocp.args.StandardRestore(abstract_state),
                     data=DataStateRestore(data_iterator),
                 ))
+            except SoraError:
+                raise
             except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable.
-                log.warning("checkpoint %s/%d could not be read (%s: %s); trying the previous one. It is left in "
-                            "place for inspection.", self.directory, step, type(e).__name__, str(e)[:200])
+                unreadable.append((step, f"{type(e).__name__}: {paths.first_line(e)}"))
                 continue
-            return restored["state"], step
-        if self.steps():
-            raise SoraError(f"no checkpoint under {self.directory} could be read (steps {self.steps()}); move "
-                            "the directory away to start fresh, or restore it from a backup.")
-        return None
+            found = restored["state"], step
+            break
+        if unreadable:
+            self._set_aside(unreadable, found[1] if found else None)
+        if found is None and unreadable:
+            raise SoraError(f"no checkpoint under {self.directory} could be read (steps "
+                            f"{[s for s, _ in unreadable]}, moved to {self.corrupt_dir}); restore them from a backup, "
+                            "or run again to start from scratch.")
+        return found
+
+    def _set_aside(self, unreadable: list[tuple[int, str]], resumed: int | None) -> None:
+        # Orbax refuses to save a step that exists, so an unreadable step left in place would fail the run
+        # again when it reaches that step: move it out of the manager's directory, keeping it for inspection.
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+
+        def move() -> None:
+            for step, _ in unreadable:
+                paths.move(self.directory / str(step), self.corrupt_dir / f"{step}-{stamp}")
+
+        distributed.leader_then_all("corrupt checkpoints", move)
+        self._manager.close()
+        self._manager = self._new_manager()
+        for step, why in unreadable:
+            then = f"resumed from step {resumed}" if resumed is not None else "no older checkpoint"
+            self.notes.append(f"checkpoint step {step} could not be read ({why[:200]}); moved it to "
+                              f"{self.corrupt_dir / f'{step}-{stamp}'} and {then}.")
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
-        """Only the parameters of checkpoint `step` (default: the newest), placed on `abstract_params`'
-        shardings: what eval and inference need, without reading the optimizer state."""
+        """Only the parameters of checkpoint `step` (default: the newest readable one, falling back to older ones
+        with a note), placed on `abstract_params`' shardings: what eval and inference need, without the
+        optimizer state. Nothing in the workdir is changed."""
         steps = self.steps()
         if not steps:
             raise SoraError(f"no checkpoint in {self.directory}: train first, or point --workdir at a trained run.")
-        step = steps[-1] if step is None else step
-        if step not in steps:
+        if step is not None and step not in steps:
             raise SoraError(f"there is no checkpoint step {step} in {self.directory}; available: {steps}.")
-        self._check_shapes(step, abstract_params)
-        target = {"params": abstract_params}
-        with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
-            restored = reader.restore(self.directory / str(step) / "state", args=ocp.args.PyTreeRestore(
-                item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
-        return restored["params"], step
+        for candidate in reversed(steps) if step is None else [step]:
+            self._check_shapes(candidate, abstract_params)
+            try:
+                return restore_params_item(self.directory / str(candidate) / "state", abstract_params), candidate
+            except Exception as e:  # noqa: BLE001 - reported below or replaced by an older checkpoint.
+                why = f"{type(e).__name__}: {paths.first_line(e)}"[:200]
+                if step is not None:
+                    raise SoraError(f"checkpoint step {step} in {self.directory} cannot be read ({why}); pick "
+                                    "another --step.") from None
+                self.notes.append(f"checkpoint step {candidate} could not be read ({why}); using an older one.")
+        raise SoraError(f"no checkpoint in {self.directory} could be read (steps {steps}); restore them from a "
+                        "backup.")
 
     def _check_shapes(self, step: int, abstract_params: Any) -> None:
         check_param_shapes(self.directory / str(step) / "state", abstract_params)
@@ -201,9 +242,20 @@ class Checkpointer:
         self._manager.close()
 
 
-def read_as_numpy(item_directory: Path) -> Any:
+def restore_params_item(item_directory: epath.Path, abstract_params: Any, key: str | None = "params") -> Any:
+    """The params of a saved item (a train state's `key` subtree, or the whole item when key is None), placed on
+    `abstract_params`' shardings."""
+    target = abstract_params if key is None else {key: abstract_params}
+    with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
+        restored = reader.restore(item_directory, args=ocp.args.PyTreeRestore(
+            item=target, restore_args=ocp.checkpoint_utils.construct_restore_args(target), partial_restore=True))
+    return restored if key is None else restored[key]
+
+
+def read_as_numpy(item_directory: paths.PathLike) -> Any:
     """A saved pytree (e.g. `<workdir>/checkpoints/<step>/state`) as host numpy arrays, whatever devices or
     processes saved it: for inspection, tests and conversion, not for training."""
+    item_directory = paths.as_path(item_directory)
     with quiet_orbax(), ocp.PyTreeCheckpointer() as reader:
         tree = reader.metadata(item_directory).item_metadata.tree
         restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
@@ -211,21 +263,29 @@ def read_as_numpy(item_directory: Path) -> Any:
 
 
 class BestCheckpoint:
-    """The params of the best evaluation so far by one metric, in `<workdir>/best/` (params + best.json).
+    """The params of the best evaluation so far by one metric, in `<workdir>/best/`: `params_<step>/` and
+    `best.json` ({"metric", "value", "step", "params"}), which names the params folder.
 
-    Kept apart from the rotating checkpoints so `keep_checkpoints` never deletes it; replaced atomically
-    (a new copy is written beside the old one and renamed into place).
+    Kept apart from the rotating checkpoints so `keep_checkpoints` never deletes it. Replaced without a rename
+    (buckets have none): the new params folder is written first, then best.json is rewritten in one atomic write,
+    then the old folder is deleted, so a reader always finds a complete set.
     """
 
-    def __init__(self, directory: Path, metric: str):
-        self.directory, self.metric = Path(directory).absolute(), metric
+    INFO = "best.json"
+
+    def __init__(self, directory: paths.PathLike, metric: str, *, use_ocdbt: bool = True):
+        self.directory, self.metric = paths.as_path(directory), metric
+        self._use_ocdbt = use_ocdbt
         self.lower_is_better = metric == "loss"
-        info = self.directory / "best.json"
         self.step, self.value = None, None
-        if info.exists():
-            saved = json.loads(info.read_text())
-            if saved.get("metric") == metric:
-                self.step, self.value = saved["step"], saved["value"]
+        info = self._info(self.directory)
+        if info is not None and info.get("metric") == metric:
+            self.step, self.value = info["step"], info["value"]
+
+    @staticmethod
+    def _info(directory: epath.Path) -> dict[str, Any] | None:
+        text = paths.read_text_or_none(directory / BestCheckpoint.INFO)
+        return None if text is None else json.loads(text)
 
     def improves(self, value: float) -> bool:
         if self.value is None:
@@ -233,21 +293,22 @@ class BestCheckpoint:
         return value < self.value if self.lower_is_better else value > self.value
 
     @staticmethod
-    def saved_step(directory: Path) -> int:
-        """The step whose params `directory` (a `<workdir>/best`) holds; a SoraError when there are none."""
-        info = Path(directory) / "best.json"
-        if not info.is_file():
+    def saved(directory: paths.PathLike) -> tuple[int, epath.Path]:
+        """(the step whose params `directory` (a `<workdir>/best`) holds, the params folder); a SoraError when
+        there are none."""
+        directory = paths.as_path(directory)
+        info = BestCheckpoint._info(directory)
+        if info is None:
             raise SoraError(f"no best checkpoint in {directory}: the run was trained without config.best_metric "
                             "or has not evaluated yet; pick a --step instead.")
-        return int(json.loads(info.read_text())["step"])
+        return int(info["step"]), directory / info["params"]
 
     @staticmethod
-    def restore_params(directory: Path, abstract_params: Any) -> tuple[Any, int]:
+    def restore_params(directory: paths.PathLike, abstract_params: Any) -> tuple[Any, int]:
         """The params saved in `directory`, placed on `abstract_params`' shardings, and their step."""
-        step = BestCheckpoint.saved_step(directory)
-        check_param_shapes(Path(directory) / "params", abstract_params, key=None)
-        with quiet_orbax(), ocp.StandardCheckpointer() as reader:
-            return reader.restore(Path(directory).absolute() / "params", abstract_params), step
+        step, params_dir = BestCheckpoint.saved(directory)
+        check_param_shapes(params_dir, abstract_params, key=None)
+        return restore_params_item(params_dir, abstract_params, key=None), step
 
     def update(self, step: int, params: Any, metrics: dict[str, float]) -> bool:
         """Save `params` if `metrics[metric]` beats the best so far; return whether it did."""
@@ -257,13 +318,17 @@ class BestCheckpoint:
         value = float(metrics[self.metric])
         if not self.improves(value):
             return False
-        staging = self.directory.with_name(f"{self.directory.name}.tmp-{step}")
-        with ocp.StandardCheckpointer() as writer:
-            writer.save(staging / "params", params)
-        if jax.process_index() == 0:
-            (staging / "best.json").write_text(json.dumps({"metric": self.metric, "value": value, "step": step}))
-            if self.directory.exists():
-                shutil.rmtree(self.directory)
-            staging.rename(self.directory)
+        previous = self._info(self.directory)
+        name = f"params_{step}"
+        with quiet_orbax(), ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=self._use_ocdbt)) as writer:
+            writer.save(self.directory / name, args=ocp.args.StandardSave(params), force=True)  # All processes.
+        info = json.dumps({"metric": self.metric, "value": value, "step": step, "params": name})
+
+        def publish() -> None:
+            paths.write_text(self.directory / self.INFO, info)
+            if previous is not None and previous.get("params") not in (None, name):
+                paths.remove_tree(self.directory / previous["params"])
+
+        distributed.leader_then_all("best checkpoint", publish)
         self.step, self.value = step, value
         return True

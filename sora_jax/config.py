@@ -10,6 +10,7 @@ from __future__ import annotations
 import ast
 import difflib
 import importlib.util
+import inspect
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -19,6 +20,9 @@ import ml_collections
 from ml_collections import config_dict
 
 from sora_jax.errors import SoraError
+from sora_jax.model import PRESETS, ModelConfig
+
+VOCAB_MULTIPLE = 128  # Embedding rows are padded to a multiple of this, which shards and tiles well.
 
 # Keys whose values are free-form mappings (their content is checked by whoever consumes them).
 FREE_FORM_KEYS = ("data.task_options",)
@@ -74,6 +78,9 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
+    # Orbax's OCDBT format (few large files; the default). False writes one zarr folder per array: for storage
+    # without conditional writes (the Cloud Storage emulator the tests use lacks the generation numbers OCDBT needs).
+    c.checkpoint_ocdbt = True
     c.best_metric = ""  # e.g. "exact_match", "bleu" or "loss": also keep the best validation params in <workdir>/best.
 
     c.model = ml_collections.ConfigDict()
@@ -138,24 +145,38 @@ def base_config() -> ml_collections.ConfigDict:
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
-    """Load `path/to/config.py[:arg]` by calling its `get_config(arg)`."""
+    """Load `path/to/config.py[:arg]` by calling its `get_config(arg)`; every mistake in the file is one line."""
     path, _, arg = spec.partition(":")
     file = Path(path)
     if not file.is_file():
         raise SoraError(f"config file {path!r} does not exist; pass --config=configs/NAME.py (see configs/).")
     module_spec = importlib.util.spec_from_file_location(f"sora_config_{file.stem}", file)
     module = importlib.util.module_from_spec(module_spec)
-    module_spec.loader.exec_module(module)
-    if not hasattr(module, "get_config"):
+    try:
+        module_spec.loader.exec_module(module)
+    except SyntaxError as e:
+        raise SoraError(f"config file {path} has a syntax error at line {e.lineno}: {e.msg}; fix the file.") from None
+    get_config = getattr(module, "get_config", None)
+    if not callable(get_config):
         raise SoraError(f"config file {path} has no get_config() function; see configs/default.py.")
-    config = module.get_config(arg or None) if arg else module.get_config()
+    takes_arg = bool(inspect.signature(get_config).parameters)
+    if arg and not takes_arg:
+        raise SoraError(f"config file {path}: get_config() takes no argument, but {spec!r} passes {arg!r}; use "
+                        f"--config={path} without ':{arg}'.")
+    config = get_config(arg or None) if takes_arg else get_config()
+    if not isinstance(config, ml_collections.ConfigDict):
+        raise SoraError(f"config file {path}: get_config() returned {type(config).__name__}, not a ConfigDict; end "
+                        "it with `return config` (see configs/default.py).")
     check_keys(config)
     return config
 
 
+KEYS_HELP = "every key and its default is listed in sora_jax/config.py:base_config() and in the README's table"
+
+
 def _closest(name: str, known: Sequence[str]) -> str:
     match = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    return f" Did you mean {match[0]!r}?" if match else ""
+    return f" Did you mean {match[0]!r}?" if match else f" No key is close; {KEYS_HELP}."
 
 
 def _flat_keys(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
@@ -177,42 +198,50 @@ def check_keys(config: ml_collections.ConfigDict) -> None:
             raise SoraError(f"unknown config key {key!r}.{_closest(key, list(known))}")
 
 
-def _parse_value(key: str, text: str, current: Any, kind: type | None) -> Any:
+def _parse_value(key: str, value: Any, current: Any, kind: type | None) -> Any:
+    """The override's value with the schema's type: command-line text is parsed, Python values are checked."""
+    shown = value if isinstance(value, str) else repr(value)
     if kind is bool or isinstance(current, bool):
-        if text.lower() in ("true", "1", "yes"):
+        if isinstance(value, bool):
+            return value
+        if isinstance(value, str) and value.lower() in ("true", "1", "yes"):
             return True
-        if text.lower() in ("false", "0", "no"):
+        if isinstance(value, str) and value.lower() in ("false", "0", "no"):
             return False
-        raise SoraError(f"--config.{key}={text}: expected true or false.")
-    if kind is str or isinstance(current, str):
-        return text
-    try:
-        value = ast.literal_eval(text)
-    except (ValueError, SyntaxError):
-        value = text
+        raise SoraError(f"--config.{key}={shown}: expected true or false.")
+    if (kind is str or isinstance(current, str)) and isinstance(value, str):
+        return value
+    if isinstance(value, str):
+        try:
+            value = ast.literal_eval(value)
+        except (ValueError, SyntaxError):
+            pass
     expected = kind or type(current)
-    if expected is float and isinstance(value, int):
+    if expected is float and isinstance(value, int) and not isinstance(value, bool):
         value = float(value)
     if expected is tuple and isinstance(value, list):
         value = tuple(value)
     if expected is int and isinstance(value, bool) or not isinstance(value, expected):
-        raise SoraError(f"--config.{key}={text}: expected a value of type {expected.__name__}.")
+        raise SoraError(f"--config.{key}={shown}: expected a value of type {expected.__name__}.")
     return value
 
 
-def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, str]) -> None:
-    """Apply `--config.KEY=VALUE` overrides (values as typed on the command line) in place."""
+def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, Any]) -> None:
+    """Apply `--config.KEY=VALUE` overrides in place: values as typed on the command line (text, parsed to the
+    schema's type) or Python values (checked against it)."""
     known = _flat_keys(base_config())
-    for key, text in overrides.items():
+    for key, value in overrides.items():
         parent_key, _, leaf = key.rpartition(".")
         if parent_key in FREE_FORM_KEYS:
             parent = config
             for part in parent_key.split("."):
                 parent = parent[part]
-            try:
-                parent[leaf] = ast.literal_eval(text)
-            except (ValueError, SyntaxError):
-                parent[leaf] = text
+            if isinstance(value, str):
+                try:
+                    value = ast.literal_eval(value)
+                except (ValueError, SyntaxError):
+                    pass
+            parent[leaf] = value
             continue
         if key not in known:
             raise SoraError(f"unknown config key {key!r}.{_closest(key, list(known))}")
@@ -221,7 +250,7 @@ def apply_overrides(config: ml_collections.ConfigDict, overrides: Mapping[str, s
             parent = parent[part]
         field = parent.get_ref(leaf) if hasattr(parent, "get_ref") else None
         kind = field.get_type() if field is not None else None
-        parent[leaf] = _parse_value(key, text, parent[leaf], kind)
+        parent[leaf] = _parse_value(key, value, parent[leaf], kind)
 
 
 def validate(config: ml_collections.ConfigDict) -> None:
@@ -264,14 +293,64 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "at most one of config.mesh.data/fsdp/tensor may be -1.")
 
 
-def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
-    """Write the resolved config as JSON (readable by people and by `load_saved_config`)."""
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+def to_json(config: ml_collections.ConfigDict) -> str:
+    """The config as JSON text (readable by people and by `from_saved`)."""
+    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n"
 
 
-def load_saved_config(path: Path) -> dict[str, Any]:
-    """Read a workdir's config.json as a plain dict."""
-    try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise SoraError(f"{path} is not valid JSON ({e}); restore it or use a new --workdir.") from e
+def _to_tuples(value: Any) -> Any:
+    return tuple(_to_tuples(v) for v in value) if isinstance(value, list | tuple) else value
+
+
+def _overlay(config: ml_collections.ConfigDict, saved: Mapping[str, Any], prefix: str, source: str,
+             notes: list[str]) -> None:
+    for key, value in saved.items():
+        full = f"{prefix}{key}"
+        if key not in config:
+            notes.append(f"{source} key {full!r} is not a config key of this version of Sora; ignored.")
+            continue
+        current = config[key]
+        if full in FREE_FORM_KEYS:
+            config[key] = ml_collections.ConfigDict(value or {})
+        elif isinstance(current, ml_collections.ConfigDict):
+            if not isinstance(value, Mapping):
+                raise SoraError(f"{source} has {full}={value!r} where a group of keys is expected; restore it from "
+                                "the training run.")
+            _overlay(current, value, f"{full}.", source, notes)
+        else:
+            if isinstance(current, tuple):
+                value = _to_tuples(value)
+            try:
+                config[key] = value
+            except TypeError as e:
+                raise SoraError(f"{source} has {full}={value!r}, of the wrong type ({e}); restore it from the "
+                                "training run.") from e
+
+
+def from_saved(saved: Mapping[str, Any], source: str) -> tuple[ml_collections.ConfigDict, list[str]]:
+    """A saved config (the dict of `to_json`) on top of the schema, with the schema's types (JSON lists become
+    tuples where the schema has tuples); keys this version does not know are skipped with a note."""
+    notes: list[str] = []
+    config = base_config()
+    _overlay(config, saved, "", source, notes)
+    return config, notes
+
+
+def resolve_model_config(model_cfg: ml_collections.ConfigDict, tokenizer_vocab: int) -> ModelConfig:
+    """Preset values, overridden by every non-None `config.model` field; vocab from the tokenizer if unset
+    (padded to a multiple of VOCAB_MULTIPLE)."""
+    if model_cfg.preset not in PRESETS:
+        raise SoraError(f"config.model.preset={model_cfg.preset!r} is unknown; choose one of "
+                        f"{', '.join(PRESETS)}.")
+    fields = dict(PRESETS[model_cfg.preset])
+    for name in MODEL_FIELDS:
+        if model_cfg[name] is not None:
+            fields[name] = model_cfg[name]
+    if model_cfg.vocab_size is None:
+        fields["vocab_size"] = -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
+    elif model_cfg.vocab_size < tokenizer_vocab:
+        raise SoraError(f"config.model.vocab_size={model_cfg.vocab_size} is smaller than the tokenizer's "
+                        f"{tokenizer_vocab} pieces; raise it or leave it unset.")
+    for name in ("dtype", "param_dtype", "scan_layers", "remat_policy"):
+        fields[name] = model_cfg[name]
+    return ModelConfig(**fields)

@@ -8,8 +8,12 @@ SORA_COORDINATOR_ADDRESS, SORA_NUM_PROCESSES and SORA_PROCESS_ID (flags win).
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
+from typing import Any
 
 import jax
+import numpy as np
+from jax.experimental import multihost_utils
 
 from sora_jax.errors import SoraError
 
@@ -45,3 +49,54 @@ def initialize(coordinator_address: str | None = None, num_processes: int | None
         jax.distributed.initialize()  # Cloud TPU: the coordinator and ids come from the TPU metadata.
         return True
     return False
+
+
+def process_count() -> int:
+    """How many processes run this job."""
+    return jax.process_count()
+
+
+def is_leader() -> bool:
+    """Whether this is process 0, the one that writes shared artifacts (config, tokenizer, best params, logs)."""
+    return jax.process_index() == 0
+
+
+def leader_then_all(name: str, work: Callable[[], Any]) -> None:
+    """Process 0 runs `work`; every process waits until it is done; if it failed, every process fails.
+
+    The one way shared artifacts (TFDS preparation on a shared data dir, the tokenizer, config.json, best/) are
+    made: never two processes writing one file, never a process reading a half-written one, never a process
+    left waiting at a barrier for a leader that died. A single process just runs `work`.
+    """
+    if jax.process_count() == 1:
+        work()
+        return
+    failure: BaseException | None = None
+    if is_leader():
+        try:
+            work()
+        except BaseException as e:  # noqa: BLE001 - re-raised below, after the others have been told.
+            failure = e
+    failed = multihost_utils.broadcast_one_to_all(np.int32(failure is not None))
+    if failure is not None:
+        raise failure
+    if int(failed):
+        raise SoraError(f"process 0 failed while making a shared artifact ({name}); its output says why.")
+
+
+def all_agree(ok: bool) -> bool:
+    """Whether `ok` holds on every process (a collective: every process must call it)."""
+    if jax.process_count() == 1:
+        return ok
+    return bool(np.all(multihost_utils.process_allgather(np.int32(ok))))
+
+
+def broadcast_text(text: str, max_bytes: int = 64) -> str:
+    """Process 0's `text` (ASCII, at most `max_bytes`), on every process."""
+    if jax.process_count() == 1:
+        return text
+    buffer = np.zeros(max_bytes, np.uint8)
+    encoded = text.encode("ascii")[:max_bytes]
+    buffer[: len(encoded)] = np.frombuffer(encoded, np.uint8)
+    shared = np.asarray(multihost_utils.broadcast_one_to_all(buffer))
+    return bytes(shared[shared > 0].astype(np.uint8)).decode("ascii")

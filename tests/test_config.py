@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 
 import pytest
@@ -11,9 +12,9 @@ from sora_jax.config import (
     DEFAULT_LOGICAL_AXIS_RULES,
     apply_overrides,
     base_config,
+    from_saved,
     load_config_file,
-    load_saved_config,
-    save_config,
+    to_json,
     validate,
 )
 from sora_jax.errors import SoraError
@@ -200,18 +201,50 @@ def test_validate_catches_unknown_key_added_in_code():
         validate(c)
 
 
-def test_save_and_load_saved_config_round_trip(tmp_path):
+def test_saved_config_reads_back_with_the_schemas_types():
     c = base_config()
-    apply_overrides(c, {"data.task_options.kind": "classification", "num_train_steps": "9"})
-    path = tmp_path / "config.json"
-    save_config(c, path)
-    saved = load_saved_config(path)
+    apply_overrides(c, {"data.task_options.kind": "classification", "num_train_steps": "9", "optimizer.b1": 0.8})
+    saved = json.loads(to_json(c))
     assert saved["num_train_steps"] == 9 and saved["data"]["task_options"] == {"kind": "classification"}
-    assert saved["mesh"]["logical_axis_rules"] == json.loads(json.dumps(DEFAULT_LOGICAL_AXIS_RULES))
-    assert json.loads(path.read_text()) == saved
-    path.write_text("{not json")
-    with pytest.raises(SoraError, match="not valid JSON"):
-        load_saved_config(path)
+    restored, notes = from_saved({**saved, "retired_key": 1}, "config.json")
+    assert restored.mesh.logical_axis_rules == DEFAULT_LOGICAL_AXIS_RULES  # JSON lists are tuples again.
+    assert restored.to_dict() == c.to_dict() and restored.optimizer.b1 == 0.8
+    assert notes == ["config.json key 'retired_key' is not a config key of this version of Sora; ignored."]
+    with pytest.raises(SoraError, match="optimizer.b1='x', of the wrong type"):
+        from_saved({"optimizer": {"b1": "x"}}, "config.json")
+
+
+def test_python_value_overrides_are_type_checked():
+    c = base_config()
+    apply_overrides(c, {"batch_size": 8, "data.pack": False, "optimizer.learning_rate": 1})
+    assert (c.batch_size, c.data.pack, c.optimizer.learning_rate) == (8, False, 1.0)
+    with pytest.raises(SoraError, match=r"--config.batch_size=8.5: expected a value of type int"):
+        apply_overrides(c, {"batch_size": 8.5})
+
+
+@pytest.mark.parametrize("body, message", [
+    ("def get_config():\n    pass\n", "get_config() returned NoneType, not a ConfigDict"),
+    ("def get_config(:\n", "has a syntax error at line 1"),
+    ("x = 1\n", "has no get_config() function"),
+])
+def test_bad_config_files_are_one_line_errors(tmp_path, body, message):
+    file = tmp_path / "bad.py"
+    file.write_text(body)
+    with pytest.raises(SoraError, match=re.escape(message)):
+        load_config_file(str(file))
+
+
+def test_config_argument_to_a_get_config_without_one(tmp_path):
+    file = tmp_path / "noarg.py"
+    file.write_text("from sora_jax.config import base_config\n\ndef get_config():\n    return base_config()\n")
+    with pytest.raises(SoraError, match=r"get_config\(\) takes no argument, but .*passes 'x'"):
+        load_config_file(f"{file}:x")
+
+
+def test_unknown_key_without_a_close_match_says_where_keys_are_listed():
+    with pytest.raises(SoraError, match=r"unknown config key 'foo'. No key is close; every key and its default is "
+                                        r"listed in sora_jax/config.py:base_config\(\)"):
+        apply_overrides(base_config(), {"foo": "1"})
 
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])

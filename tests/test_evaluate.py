@@ -13,14 +13,14 @@ import jax
 import numpy as np
 import pytest
 
-from sora_jax import checkpoint, inference
+from sora_jax import checkpoint, load_workdir
 from sora_jax import config as config_lib
+from sora_jax.cli.eval import main
 from sora_jax.data import builders, pipeline
 from sora_jax.data.tasks import get_task
-from sora_jax.evaluate import main
 from sora_jax.evaluation.metrics import text_metrics
-from sora_jax.export import export_workdir
 from sora_jax.interop import load_hf_t5
+from sora_jax.serving.export import export_workdir
 from sora_jax.training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,7 +128,7 @@ def test_bad_inputs_exit_2_with_one_line(workdir, tmp_path, capsys):
 
 
 def test_module_command_line_exit_status(workdir):
-    result = subprocess.run([sys.executable, "-m", "sora_jax.evaluate", f"--workdir={workdir}", "--step=5"],
+    result = subprocess.run([sys.executable, "-m", "sora_jax.cli.eval", f"--workdir={workdir}", "--step=5"],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 2
     assert result.stderr.strip().splitlines()[-1].endswith("available: 10, 20.")
@@ -149,10 +149,10 @@ def test_step_best_evaluates_predicts_and_exports_the_best_params(workdir, tmp_p
     by_best = json.loads((run_dir / "eval" / "test_best" / "metrics.json").read_text())
     assert by_best["step"] == 10 and by_best["metrics"] == pytest.approx(by_step["metrics"])
 
-    loaded = inference.load_workdir(run_dir, step="best")
+    loaded = load_workdir(str(run_dir), step="best")
     assert loaded.step == 10 and loaded.from_best
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(loaded.params), params_10)
-    assert export_workdir(run_dir, tmp_path / "hf", step="best") == 10
+    assert export_workdir(str(run_dir), str(tmp_path / "hf"), step="best") == 10
     _, exported, _ = load_hf_t5(tmp_path / "hf")
     jax.tree.map(np.testing.assert_array_equal, jax.device_get(exported), params_10)
 

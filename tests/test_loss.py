@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from sora_jax.training.loss import loss_sums, token_losses
+from sora_jax.model.loss import loss_sums, token_losses
 
 B, L, V = 3, 5, 7
 

@@ -14,10 +14,12 @@ import pytest
 
 from sora_jax.config import base_config
 from sora_jax.data.pipeline import BATCH_KEYS
+from sora_jax.evaluation.eval_step import eval_step
 from sora_jax.model import PRESETS, EncoderDecoder, ModelConfig
+from sora_jax.model.loss import teacher_forced_logits
 from sora_jax.training.optimizer import learning_rate_schedule, make_optimizer
 from sora_jax.training.state import TrainState
-from sora_jax.training.step import eval_step, model_logits, train_step
+from sora_jax.training.step import train_step
 
 
 def _opt_cfg(**changes):
@@ -239,7 +241,7 @@ def test_grad_accumulation_matches_full_batch(accumulation_setup):
 
 def test_train_step_loss_is_token_weighted_mean(accumulation_setup):
     model, state, batch, results = accumulation_setup
-    logits = jax.jit(functools.partial(model_logits, model), compiler_options=FAST_COMPILE)(
+    logits = jax.jit(functools.partial(teacher_forced_logits, model), compiler_options=FAST_COMPILE)(
         state.params, batch)
     logits = np.asarray(logits, np.float64)
     targets = np.asarray(batch["decoder_target_tokens"])

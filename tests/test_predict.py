@@ -3,7 +3,6 @@ task-formatted inputs, raw inputs, scores, compilation reuse, and the line-orien
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import io
 import json
@@ -16,14 +15,15 @@ import jax
 import numpy as np
 import pytest
 
-from sora_jax import Predictor, inference, load_workdir
+from sora_jax import Predictor, load_workdir
 from sora_jax import config as config_lib
+from sora_jax.cli.predict import main
 from sora_jax.data.tasks import TASKS, get_task
 from sora_jax.data.tokenizer import EOS_ID
+from sora_jax.decoder import task_decode_options
 from sora_jax.decoding import greedy_decode
 from sora_jax.errors import SoraError
 from sora_jax.model import shift_right
-from sora_jax.predict import main
 from sora_jax.training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -112,10 +112,10 @@ def test_scores_are_the_log_probability_of_the_prediction_up_to_eos(predictor):
 
 def test_options_compile_once_per_batch_shape_and_sampling(predictor):
     predictor.predict(TEXTS, max_length=6, method="sample", seed=1)
-    decoders = dict(predictor._decoders)
+    decoders = dict(predictor._decoder._compiled)
     again = predictor.predict(TEXTS, max_length=6, method="sample", seed=1)
     other_seed = predictor.predict(TEXTS[:3], max_length=6, method="sample", seed=2)  # Same padded shape.
-    assert dict(predictor._decoders) == decoders  # A new seed is an argument, not a new compilation.
+    assert dict(predictor._decoder._compiled) == decoders  # A new seed is an argument, not a new compilation.
     (decoder,) = [f for options, f in decoders.items() if options.method == "sample"]
     if hasattr(decoder, "_cache_size"):
         assert decoder._cache_size() == 1
@@ -157,23 +157,21 @@ def test_each_task_formats_inputs_as_its_training_preprocessor_does(predictor):
         "synthetic": "好",
         "wmt19_zh_en": "translate Chinese to English: 好",
     }
-    assert set(inference.INPUT_EXAMPLES) == set(TASKS)  # Every registered task has a formatting.
+    assert set(expected) <= set(TASKS)
     for name, formatted in expected.items():
-        assert inference.format_input(get_task(name), "好") == formatted
-    assert inference.format_input(get_task("bbc_topic"), "Title\tBody text") == "topic: Title\nBody text"
-    with pytest.raises(SoraError, match="no input formatting is known for task 'mine'"):
-        inference.format_input(dataclasses.replace(get_task("files"), name="mine"), "x")
+        assert get_task(name).format_input("好") == formatted
+    assert get_task("bbc_topic").format_input("Title\tBody text") == "topic: Title\nBody text"
     # Decoding defaults by task kind: beam 4 for translation, greedy otherwise.
     run = predictor.run
-    translation = inference.decode_options(get_task("gettext_en_zh"), run.tokenizer, run.config)
-    assert (translation.method, translation.beam_size, translation.max_length) == (
-        "beam", 4, run.config.data.max_target_length)
-    assert inference.decode_options(get_task("bbc_headline"), run.tokenizer, run.config).method == "greedy"
+    length = run.config.data.max_target_length
+    translation = task_decode_options(get_task("gettext_en_zh"), run.tokenizer, length)
+    assert (translation.method, translation.beam_size, translation.max_length) == ("beam", 4, length)
+    assert task_decode_options(get_task("bbc_headline"), run.tokenizer, length).method == "greedy"
 
 
 def test_cli_prints_one_line_per_input_line(workdir, predictor):
     command = shutil.which("sora-predict")
-    command = [command] if command else [sys.executable, "-m", "sora_jax.predict"]
+    command = [command] if command else [sys.executable, "-m", "sora_jax.cli.predict"]
     result = subprocess.run([*command, f"--workdir={workdir}", "--max_length=6"], input="这个产品很好用\n",
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr[-2000:]
@@ -201,3 +199,12 @@ def test_cli_bad_input_file_exits_2(workdir, tmp_path, capsys):
     assert main([f"--workdir={workdir}", f"--input={tmp_path / 'nope.txt'}"]) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and err[0].startswith("error: --input ") and "is not a file" in err[0]
+
+
+def test_cli_names_the_lines_that_are_not_utf8(workdir, predictor):
+    command = [sys.executable, "-m", "sora_jax.cli.predict", f"--workdir={workdir}", "--max_length=6"]
+    data = "好\n".encode() + b"ab\xff\xfecd\n" + "差\n".encode() + b"\xc3\n"
+    result = subprocess.run(command, input=data, capture_output=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert len(result.stdout.decode().splitlines()) == 4
+    assert "2 input line(s) were not valid UTF-8 (lines 2, 4)" in result.stderr.decode()

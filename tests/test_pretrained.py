@@ -58,7 +58,7 @@ def test_bad_init_from_is_refused_before_anything_runs(tmp_path, tfds_dir):
 
 
 def test_export_of_a_fine_tuned_run_reimports_to_the_same_params(tmp_path, tfds_dir):
-    from sora_jax.export import main as export_main
+    from sora_jax.cli.export import main as export_main
 
     run(fine_tune_config(tfds_dir, f"hf:{FIXTURE}"), tmp_path / "run")
     assert export_main([f"--workdir={tmp_path / 'run'}", f"--out={tmp_path / 'hf'}"]) == 0

@@ -79,11 +79,13 @@ def test_best_checkpoint_holds_the_params_of_the_best_validation(finished_run):
     validation = {e["step"]: e["loss"] for e in events(workdir) if e["split"] == "validation"}
     best_step = min(validation, key=validation.get)
     info = json.loads((workdir / "best" / "best.json").read_text())
-    assert info == {"metric": "loss", "value": pytest.approx(validation[best_step]), "step": best_step}
-    best = checkpoint.read_as_numpy(workdir / "best" / "params")
+    assert info == {"metric": "loss", "value": pytest.approx(validation[best_step]), "step": best_step,
+                    "params": f"params_{best_step}"}
+    assert sorted(p.name for p in (workdir / "best").iterdir()) == ["best.json", f"params_{best_step}"]
+    best = checkpoint.read_as_numpy(workdir / "best" / info["params"])
     if best_step == 30:  # The final checkpoint holds the same params.
         assert_trees_equal(best, saved_state(workdir, 30)["params"])
-    assert not list(workdir.glob("best.tmp-*"))
+
 
 
 def test_rerunning_a_finished_run_reports_it_and_trains_nothing(finished_run, capsys):

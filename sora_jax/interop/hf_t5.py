@@ -22,8 +22,9 @@ from flax.core import unfreeze
 from flax.linen import unbox
 from jax.experimental import multihost_utils
 from safetensors import SafetensorError, safe_open
-from safetensors.numpy import save_file
+from safetensors.numpy import save as safetensors_bytes
 
+from sora_jax import paths
 from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from sora_jax.errors import SoraError
 from sora_jax.interop.hf_t5_config import config_from_hf, config_to_hf, generation_config_to_hf
@@ -330,11 +331,11 @@ def save_hf_t5(
         tensors[spec.hf_name] = to_hf(spec, array, cfg)
     if jax.process_index() != 0:
         return
-    out = Path(directory)
-    out.mkdir(parents=True, exist_ok=True)
-    (out / CONFIG_FILE).write_text(json.dumps(config_to_hf(cfg), indent=2, sort_keys=True) + "\n")
-    (out / GENERATION_CONFIG_FILE).write_text(json.dumps(generation_config_to_hf(cfg), indent=2) + "\n")
-    save_file(tensors, str(out / WEIGHTS_FILE), metadata={"format": "pt"})  # transformers requires the format
+    out = paths.as_path(directory)  # A local folder or a bucket URL.
+    paths.write_text(out / CONFIG_FILE, json.dumps(config_to_hf(cfg), indent=2, sort_keys=True) + "\n")
+    paths.write_text(out / GENERATION_CONFIG_FILE, json.dumps(generation_config_to_hf(cfg), indent=2) + "\n")
+    # transformers requires the "format" metadata.
+    paths.write_bytes(out / WEIGHTS_FILE, safetensors_bytes(tensors, metadata={"format": "pt"}))
     if tokenizer is not None:
-        tokenizer.save(out / SPIECE_FILE)
+        paths.write_bytes(out / SPIECE_FILE, tokenizer.model_proto())
     log.info("Exported %d tensors to %s.", len(tensors), out)

@@ -11,11 +11,12 @@ import numpy as np
 
 from sora_jax import config as config_lib
 from sora_jax import sharding
+from sora_jax.config import VOCAB_MULTIPLE, resolve_model_config
 from sora_jax.data.pipeline import BATCH_KEYS
 from sora_jax.data.tokenizer import Tokenizer
+from sora_jax.model import params as params_lib
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
-from sora_jax.training.workdir import VOCAB_MULTIPLE, resolve_model_config
 
 
 def _vocab_size(config: ml_collections.ConfigDict) -> int:
@@ -54,7 +55,7 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, int]:
     for path, leaf in jax.tree_util.tree_leaves_with_path(abstract.params):
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         print(f"{name:<58} {str(leaf.shape):<20} {str(leaf.dtype):<9} {leaf.sharding.spec}")
-    num_params = state_lib.count_params(abstract.params)
+    num_params = params_lib.count(abstract.params)
     param_bytes, opt_bytes = _bytes_per_device(abstract.params), _bytes_per_device(abstract.opt_state)
     print(f"parameters: {num_params:,} | per device: params {_gib(param_bytes)}, optimizer state "
           f"{_gib(opt_bytes)} ({config.optimizer.name})")

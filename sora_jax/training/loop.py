@@ -6,38 +6,39 @@ Everything that can be wrong with the user's input is checked before the first c
 from __future__ import annotations
 
 import dataclasses
+import os
 import signal
 import time
-from pathlib import Path
 from typing import Any
 
 import jax
 import ml_collections
 import numpy as np
 import tensorflow_datasets as tfds
+from etils import epath
 from jax.experimental import multihost_utils
 
-from sora_jax import checkpoint, sharding
+from sora_jax import checkpoint, distributed, paths, sharding
 from sora_jax import config as config_lib
-from sora_jax.data import builders, pipeline
-from sora_jax.data.tasks import get_task
+from sora_jax.data import builders, pipeline, tasks
 from sora_jax.errors import SoraError
-from sora_jax.evaluation.evaluator import Evaluator
+from sora_jax.evaluation.evaluator import Evaluator, format_metrics
+from sora_jax.model import params as params_lib
 from sora_jax.training import pretrained
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
 from sora_jax.training.metrics_log import MetricsLog, Progress, format_duration
-from sora_jax.training.workdir import Workdir
+from sora_jax.workdir import Workdir, tokenizer_texts
 
 
 @dataclasses.dataclass
 class RunResult:
     """What a finished (or already finished) run reports back."""
 
-    workdir: Path
+    workdir: epath.Path
     final_step: int
     test_metrics: dict[str, float]
-    checkpoint_dir: Path
+    checkpoint_dir: epath.Path
     resumed_from: int | None = None
     preempted: bool = False
 
@@ -96,8 +97,9 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
                             f"process(es); use a multiple of {np.lcm(dp, processes)}.")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
-    """Train (or resume training) `config` in `workdir`, evaluate on the test split, return the results."""
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunResult:
+    """Train (or resume training) `config` in `workdir` (a local path or a bucket URL), evaluate on the test
+    split, return the results."""
     # Input checks first: nothing below is compiled until the config, mesh and workdir agree.
     config_lib.validate(config)
     config = config.copy_and_resolve_references()  # Filled in below; the caller's config stays as it was.
@@ -107,18 +109,24 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     _check_batch_sizes(config, mesh)
     tfds.disable_progress_bar()
-    work = Workdir(Path(workdir))
+    work = Workdir(workdir)
+    work.create()
 
-    # Data and tokenizer.
-    options = {**config.data.task_options.to_dict(), "train_files": config.data.train_files,
-               "eval_files": config.data.eval_files}
-    task = get_task(config.data.task, options)
-    builder = task.make_builder(str(work.data_dir(config.data.data_dir)), options)
+    # Data and tokenizer: shared artifacts are made by process 0 while the others wait (see distributed).
+    options = tasks.config_options(config.data)
+    task = tasks.get_task(config.data.task, options)
+    data_dir = work.data_dir(config.data.data_dir)
+    paths.check_reachable(data_dir, "config.data.data_dir")
+    # Process 0 prepares first; then every process opens it (a shared data dir is found prepared, a per-host
+    # local one is prepared by each host).
+    distributed.leader_then_all("prepare data", lambda: task.make_builder(str(data_dir), options))
+    builder = task.make_builder(str(data_dir), options)
     train_pairs = pipeline.text_pairs(builders.data_source(builder, "train"), task.to_text_pair)
-    tokenizer = work.tokenizer(config.tokenizer, train_pairs, seed=config.seed)
+    tokenizer = work.tokenizer(config.tokenizer, lambda: tokenizer_texts(
+        train_pairs, config.tokenizer.max_training_sentences, config.seed), seed=config.seed)
     model_config = work.model_config(config, tokenizer.vocab_size)  # Refuses a different model's workdir.
-    log = MetricsLog(work.path)
-    log.print(f"workdir {work.path} | task {task.name} | {len(train_pairs)} training examples | "
+    log = MetricsLog(work)
+    log.print(f"workdir {work} | task {task.name} | {len(train_pairs)} training examples | "
               f"mesh {dict(mesh.shape)} | tokenizer {tokenizer.path} ({tokenizer.vocab_size} pieces)")
     log.print(pipeline.length_stats(train_pairs, tokenizer, config.data.max_input_length,
                                     config.data.max_target_length).describe("train"))
@@ -131,8 +139,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
 
     # Model, optimizer, and the sharded train state: restored from the newest checkpoint, else initialized.
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)
-    ckpt = checkpoint.Checkpointer(work.checkpoint_dir, keep=config.keep_checkpoints)
+    ckpt = checkpoint.Checkpointer(work.checkpoint_dir, keep=config.keep_checkpoints, corrupt_dir=work.corrupt_dir,
+                                  use_ocdbt=config.checkpoint_ocdbt)
     restored = ckpt.restore(setup.abstract_state, train_iter)
+    for note in ckpt.notes:
+        log.print(f"note: {note}")
     if restored is None:
         state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, config.seed,
                                            setup.rng_impl)
@@ -144,7 +155,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
     else:
         state, resumed_from = restored
         log.print(f"resumed from checkpoint step {resumed_from} in {ckpt.directory}")
-    log.print(f"model: {state_lib.count_params(state.params):,} parameters ({model_config.d_model} wide, "
+    log.print(f"model: {params_lib.count(state.params):,} parameters ({model_config.d_model} wide, "
               f"{model_config.num_encoder_layers}+{model_config.num_decoder_layers} layers)")
     result = RunResult(work.path, int(jax.device_get(state.step)), {}, ckpt.directory, resumed_from)
     try:
@@ -155,28 +166,47 @@ def run(config: ml_collections.ConfigDict, workdir: str | Path) -> RunResult:
                       "to train again.")
             return result
         with sharding.activate(mesh, rules):
-            evaluator = Evaluator(setup.model, task, builder, tokenizer, config, mesh, setup.state_shardings.params,
-                                  log)
+            evaluator = Evaluator(setup.model, task, builder, tokenizer, config.data, mesh,
+                                  setup.state_shardings.params)
             train_step = step_lib.compile_train_step(setup, config, mesh)
-            _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, result)
+            with paths.storage_errors(f"training in {work}"):
+                _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, result, work)
         return result
     finally:
-        ckpt.close()
-        log.close()
-        if jax.process_count() > 1:
-            # Leave together: jax's shutdown barrier fails a process that waits too long for the others.
-            multihost_utils.sync_global_devices("sora_run_end")
+        try:
+            ckpt.close()
+            log.close()
+        finally:
+            if jax.process_count() > 1:
+                # Leave together: jax's shutdown barrier fails a process that waits too long for the others.
+                multihost_utils.sync_global_devices("sora_run_end")
+
+
+def log_eval(evaluator: Evaluator, log: MetricsLog, step: int, params: Any, split: str, *, max_examples: int = 0,
+             num_samples: int = 3) -> dict[str, float]:
+    """Evaluate, write the metrics event, print a summary line and a few sample predictions."""
+    metrics, predictions = evaluator.evaluate(params, split, max_examples=max_examples)
+    log.write(step, split, metrics)
+    log.print(f"eval {split} @ step {step}: {format_metrics(metrics)}")
+    samples = predictions[:num_samples]
+    if samples:
+        lines = [f"  input: {p['input'][:120]}\n  target: {p['target']}\n  prediction: {p['prediction']}"
+                 for p in samples]
+        log.text(step, f"{split}/samples", "\n".join(lines))
+    return metrics
 
 
 def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, train_iter: Any,
-                ckpt: checkpoint.Checkpointer, evaluator: Evaluator, log: MetricsLog, result: RunResult) -> None:
+                ckpt: checkpoint.Checkpointer, evaluator: Evaluator, log: MetricsLog, result: RunResult,
+                work: Workdir) -> None:
     """Steps from `result.final_step` to the end; fills in `result` (final step, test metrics, preempted)."""
     total, step = config.num_train_steps, result.final_step
     progress = Progress(total, step)
     pending: list[tuple[int, Any]] = []  # Device-side metrics since the last log: fetched together.
     last_saved = ckpt.latest_step()
     started = time.perf_counter()
-    best = checkpoint.BestCheckpoint(result.workdir / "best", config.best_metric) if config.best_metric else None
+    best = (checkpoint.BestCheckpoint(work.best_dir, config.best_metric, use_ocdbt=config.checkpoint_ocdbt)
+            if config.best_metric else None)
 
     def flush_metrics() -> None:
         # Pull the window's metrics to the host; a non-finite value stops the run before anything is saved.
@@ -207,8 +237,9 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
             if step % config.eval_every_steps == 0 or last:
                 flush_metrics()
                 eval_start = time.perf_counter()
-                eval_metrics = evaluator.log_eval(step, state.params, "validation",
-                                                  max_examples=config.data.max_eval_examples)
+                eval_metrics = log_eval(evaluator, log, step, state.params, "validation",
+                                        max_examples=config.data.max_eval_examples,
+                                        num_samples=config.data.num_sample_predictions)
                 if best is not None and best.update(step, state.params, eval_metrics):
                     log.print(f"best {best.metric} so far ({best.value:.4f}): params saved in {best.directory}")
                 progress.exclude_pause(time.perf_counter() - eval_start)
@@ -223,8 +254,9 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
                 return
 
     result.final_step = step
-    result.test_metrics = evaluator.log_eval(step, state.params, "test")
-    shown = ", ".join(f"{k} {v:.4f}" if isinstance(v, float) else f"{k} {v}" for k, v in result.test_metrics.items())
-    log.print(f"done: {step} steps in {format_duration(time.perf_counter() - started)}. test: {shown}")
-    log.print(f"checkpoints: {ckpt.directory} (step {step}); metrics: {result.workdir / 'metrics.jsonl'}; "
-              f"TensorBoard: tensorboard --logdir {result.workdir / 'tensorboard'}")
+    result.test_metrics = log_eval(evaluator, log, step, state.params, "test",
+                                   num_samples=config.data.num_sample_predictions)
+    log.print(f"done: {step} steps in {format_duration(time.perf_counter() - started)}. test: "
+              f"{format_metrics(result.test_metrics).replace(' |', ',')}")
+    log.print(f"checkpoints: {ckpt.directory} (step {step}); metrics: {work.metrics_file}; "
+              f"TensorBoard: tensorboard --logdir {work.tensorboard_dir}")

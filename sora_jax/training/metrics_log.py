@@ -7,10 +7,14 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import tempfile
 import time
 from pathlib import Path
 
-import jax
+from sora_jax import distributed, paths
+from sora_jax.paths import storage_errors
+from sora_jax.workdir import Workdir
 
 
 def format_duration(seconds: float) -> str:
@@ -24,17 +28,29 @@ def format_duration(seconds: float) -> str:
 
 
 class MetricsLog:
-    """Writes train and eval events to the console, TensorBoard and metrics.jsonl."""
+    """Writes train and eval events to the console, TensorBoard and metrics.jsonl.
 
-    def __init__(self, workdir: Path, *, enabled: bool | None = None):
-        self.enabled = jax.process_index() == 0 if enabled is None else enabled
+    metrics.jsonl: appended on a local disk; in a bucket (objects cannot be appended to) the whole file is
+    uploaded again at each event, which is one atomic write. A last line cut short by a killed run is dropped
+    before anything new is written. TensorBoard: tensorboardX writes a local folder; for a bucket workdir that
+    folder is a local staging copy whose event files are uploaded to `<workdir>/tensorboard/` at each event, so
+    `tensorboard --logdir gs://...` shows them.
+    """
+
+    def __init__(self, workdir: Workdir, *, enabled: bool | None = None):
+        self.enabled = distributed.is_leader() if enabled is None else enabled
+        self._workdir = workdir
         self._jsonl = None
         self._tb = None
         if self.enabled:
             from tensorboardX import SummaryWriter  # Imported here: only the writing process needs it.
 
-            self._jsonl = open(Path(workdir) / "metrics.jsonl", "a", encoding="utf-8")  # noqa: SIM115
-            self._tb = SummaryWriter(str(Path(workdir) / "tensorboard"), flush_secs=10)
+            self._lines = [json.dumps(e, ensure_ascii=False) for e in workdir.events()]
+            self._staging = tempfile.mkdtemp(prefix="sora_tb_") if workdir.is_remote else None
+            if not workdir.is_remote:
+                paths.write_text(workdir.metrics_file, "".join(f"{line}\n" for line in self._lines))
+                self._jsonl = open(workdir.metrics_file, "a", encoding="utf-8")  # noqa: SIM115
+            self._tb = SummaryWriter(self._staging or os.fspath(workdir.tensorboard_dir), flush_secs=10)
 
     def print(self, message: str) -> None:
         """A line for people (process 0 only)."""
@@ -47,11 +63,25 @@ class MetricsLog:
             return
         clean = {k: (float(v) if isinstance(v, int | float) and math.isfinite(v) else None if
                      isinstance(v, float) else v) for k, v in metrics.items()}
-        self._jsonl.write(json.dumps({"step": step, "split": split, **clean}, ensure_ascii=False) + "\n")
-        self._jsonl.flush()
+        line = json.dumps({"step": step, "split": split, **clean}, ensure_ascii=False)
         for name, value in metrics.items():
             if isinstance(value, int | float) and math.isfinite(value):
                 self._tb.add_scalar(f"{split}/{name}", value, step)
+        with storage_errors(f"writing {self._workdir.metrics_file}"):
+            if self._jsonl is not None:
+                self._jsonl.write(line + "\n")
+                self._jsonl.flush()
+            else:
+                self._lines.append(line)
+                paths.write_text(self._workdir.metrics_file, "".join(f"{x}\n" for x in self._lines))
+                self._upload_tensorboard()
+
+    def _upload_tensorboard(self) -> None:
+        if self._staging is None:
+            return
+        self._tb.flush()
+        for name in os.listdir(self._staging):
+            paths.write_bytes(self._workdir.tensorboard_dir / name, Path(self._staging, name).read_bytes())
 
     def text(self, step: int, tag: str, text: str) -> None:
         """A text sample (e.g. decoded predictions) in TensorBoard and on the console."""
@@ -61,8 +91,11 @@ class MetricsLog:
 
     def close(self) -> None:
         if self.enabled:
-            self._jsonl.close()
+            if self._jsonl is not None:
+                self._jsonl.close()
             self._tb.close()
+            with storage_errors("uploading TensorBoard events"):
+                self._upload_tensorboard()
 
 
 class Progress:

@@ -14,13 +14,12 @@ import flax
 import jax
 import jax.numpy as jnp
 import ml_collections
-import numpy as np
 import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sora_jax import sharding
 from sora_jax.model import EncoderDecoder, ModelConfig
+from sora_jax.model import params as params_lib
 from sora_jax.training import optimizer as optimizer_lib
 
 
@@ -56,10 +55,8 @@ def train_state_shardings(init_params: Callable[[jax.Array], Any], tx: optax.Gra
     `init_params(rng)` returns the model's params with logical partitioning boxes (flax `model.init(...)`).
     Nothing is allocated: this is what both a fresh init and a checkpoint restore fill in.
     """
-    abstract_boxed = jax.eval_shape(init_params, jax.random.key(0))
-    param_shardings = sharding.logical_shardings(abstract_boxed, mesh, rules)
-    sharding.check_divisible(abstract_boxed, param_shardings)
-    abstract_params = nn.unbox(abstract_boxed)
+    abstract_params, param_shardings = params_lib.abstract_params(init_params, mesh, rules)
+    abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params)
     abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = TrainState(
@@ -92,11 +89,6 @@ def init_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradient
     return jax.jit(init, out_shardings=shardings)(_rng_data(seed, rng_impl))
 
 
-def count_params(params: Any) -> int:
-    """Number of parameter scalars."""
-    return sum(x.size for x in jax.tree.leaves(params))
-
-
 @dataclasses.dataclass(frozen=True)
 class TrainingSetup:
     """The model, its optimizer and schedule, and the train state's abstract shape and shardings."""
@@ -116,10 +108,6 @@ def build_training_setup(config: ml_collections.ConfigDict, model_config: ModelC
     model = EncoderDecoder(model_config)
     schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_train_steps)
     tx = optimizer_lib.make_optimizer(config.optimizer, schedule)
-    dummy_tokens = np.zeros((1, 8), np.int32)
-
-    def init_params(rng: jax.Array) -> Any:
-        return model.init(rng, dummy_tokens, dummy_tokens)["params"]
-
+    init_params = params_lib.init_fn(model)
     abstract_state, state_shardings = train_state_shardings(init_params, tx, mesh, rules, config.rng_impl)
     return TrainingSetup(model, schedule, tx, init_params, abstract_state, state_shardings, config.rng_impl)

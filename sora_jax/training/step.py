@@ -1,4 +1,4 @@
-"""The train and eval steps: pure functions of (state, batch), compiled once with explicit shardings."""
+"""The train step: a pure function of (state, batch), compiled once with explicit shardings."""
 
 from __future__ import annotations
 
@@ -10,34 +10,11 @@ import jax
 import jax.numpy as jnp
 import optax
 from flax import linen as nn
-from jax.sharding import NamedSharding
 
 from sora_jax import sharding
-from sora_jax.model import EncoderDecoder, shift_right_packed
-from sora_jax.training.loss import loss_sums
+from sora_jax.model import EncoderDecoder
+from sora_jax.model.loss import loss_sums, target_weights, teacher_forced_logits
 from sora_jax.training.state import TrainingSetup, TrainState
-
-
-def model_logits(model: EncoderDecoder, params: Any, batch: dict[str, jax.Array], *,
-                 dropout_rng: jax.Array | None = None) -> jax.Array:
-    """Teacher-forced logits for a (packed or padded) batch."""
-    decoder_inputs = shift_right_packed(batch["decoder_target_tokens"], batch["decoder_segment_ids"],
-                                        model.config.decoder_start_id)
-    return model.apply(
-        {"params": params},
-        batch["encoder_input_tokens"],
-        decoder_inputs,
-        encoder_segment_ids=batch["encoder_segment_ids"],
-        decoder_segment_ids=batch["decoder_segment_ids"],
-        encoder_positions=batch["encoder_positions"],
-        decoder_positions=batch["decoder_positions"],
-        enable_dropout=dropout_rng is not None,
-        rngs={"dropout": dropout_rng} if dropout_rng is not None else None,
-    )
-
-
-def _target_weights(batch: dict[str, jax.Array]) -> jax.Array:
-    return (batch["decoder_segment_ids"] > 0).astype(jnp.float32)
 
 
 def _real_tokens(batch: dict[str, jax.Array]) -> jax.Array:
@@ -55,8 +32,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Encoder
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl), state.step)
 
     def summed_loss(params: Any, micro: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
-        logits_BLV = model_logits(model, params, micro, dropout_rng=rng)
-        sums = loss_sums(logits_BLV, micro["decoder_target_tokens"], _target_weights(micro),
+        logits_BLV = teacher_forced_logits(model, params, micro, dropout_rng=rng)
+        sums = loss_sums(logits_BLV, micro["decoder_target_tokens"], target_weights(micro),
                          label_smoothing=label_smoothing, z_loss=z_loss)
         return sums["loss_sum"], sums
 
@@ -99,12 +76,6 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Encoder
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def eval_step(params: Any, batch: dict[str, jax.Array], *, model: EncoderDecoder) -> dict[str, jax.Array]:
-    """Summed cross-entropy (no smoothing, no z-loss), correct tokens and token count of a batch."""
-    logits_BLV = model_logits(model, params, batch)
-    return loss_sums(logits_BLV, batch["decoder_target_tokens"], _target_weights(batch))
-
-
 def compile_train_step(setup: TrainingSetup, config: Any, mesh: jax.sharding.Mesh) -> Callable:
     """jit the train step with the state's shardings in and out, the batch over the data axes, state donated."""
     state_shardings = setup.state_shardings
@@ -113,10 +84,3 @@ def compile_train_step(setup: TrainingSetup, config: Any, mesh: jax.sharding.Mes
                              grad_accum_steps=config.grad_accum_steps, rng_impl=setup.rng_impl)
     return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
                    out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
-
-
-def compile_eval_step(model: EncoderDecoder, param_shardings: Any, mesh: jax.sharding.Mesh) -> Callable:
-    """jit the eval step: params keep their shardings, batch over the data axes, sums replicated."""
-    replicated: NamedSharding = sharding.replicated(mesh)
-    return jax.jit(functools.partial(eval_step, model=model),
-                   in_shardings=(param_shardings, sharding.batch_sharding(mesh)), out_shardings=replicated)

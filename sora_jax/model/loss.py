@@ -1,10 +1,39 @@
-"""Cross-entropy over target tokens: summed per batch, so that callers divide by the total token weight once."""
+"""Teacher-forced logits of a batch and cross-entropy over its target tokens: summed per batch, so that callers
+divide by the total token weight once. Shared by the train step and the eval step."""
 
 from __future__ import annotations
+
+from typing import Any
 
 import jax
 import jax.numpy as jnp
 import optax
+
+from sora_jax.model.masks import shift_right_packed
+from sora_jax.model.transformer import EncoderDecoder
+
+
+def teacher_forced_logits(model: EncoderDecoder, params: Any, batch: dict[str, jax.Array], *,
+                          dropout_rng: jax.Array | None = None) -> jax.Array:
+    """Teacher-forced logits for a (packed or padded) batch."""
+    decoder_inputs = shift_right_packed(batch["decoder_target_tokens"], batch["decoder_segment_ids"],
+                                        model.config.decoder_start_id)
+    return model.apply(
+        {"params": params},
+        batch["encoder_input_tokens"],
+        decoder_inputs,
+        encoder_segment_ids=batch["encoder_segment_ids"],
+        decoder_segment_ids=batch["decoder_segment_ids"],
+        encoder_positions=batch["encoder_positions"],
+        decoder_positions=batch["decoder_positions"],
+        enable_dropout=dropout_rng is not None,
+        rngs={"dropout": dropout_rng} if dropout_rng is not None else None,
+    )
+
+
+def target_weights(batch: dict[str, jax.Array]) -> jax.Array:
+    """1.0 on real target tokens, 0.0 on padding."""
+    return (batch["decoder_segment_ids"] > 0).astype(jnp.float32)
 
 
 def token_losses(logits_BLV: jax.Array, targets_BL: jax.Array, *, label_smoothing: float = 0.0,

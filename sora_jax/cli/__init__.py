@@ -1,0 +1,1 @@
+"""Command lines: sora-train (train.py), sora-eval, sora-predict, sora-export."""

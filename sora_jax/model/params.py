@@ -1,0 +1,40 @@
+"""The model's parameters without allocating them: an init function, and abstract shapes with shardings."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import numpy as np
+from flax import linen as nn
+from jax.sharding import Mesh
+
+from sora_jax import sharding
+from sora_jax.model.transformer import EncoderDecoder
+
+
+def init_fn(model: EncoderDecoder) -> Callable[[jax.Array], Any]:
+    """`rng -> params` (with logical-axis boxes): what `jax.eval_shape` and a sharded jit both call."""
+    dummy_tokens = np.zeros((1, 8), np.int32)
+
+    def init(rng: jax.Array) -> Any:
+        return model.init(rng, dummy_tokens, dummy_tokens)["params"]
+
+    return init
+
+
+def abstract_params(init: Callable[[jax.Array], Any], mesh: Mesh, rules: Any) -> tuple[Any, Any]:
+    """(ShapeDtypeStructs of the unboxed params carrying their shardings, the tree of NamedShardings); nothing
+    is allocated. A dimension the mesh cannot divide is a SoraError."""
+    boxed = jax.eval_shape(init, jax.random.key(0))
+    shardings = sharding.logical_shardings(boxed, mesh, rules)
+    sharding.check_divisible(boxed, shardings)
+    abstract = jax.tree.map(lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), nn.unbox(boxed),
+                            shardings)
+    return abstract, shardings
+
+
+def count(params: Any) -> int:
+    """Number of parameter scalars."""
+    return sum(x.size for x in jax.tree.leaves(params))

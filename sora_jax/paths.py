@@ -1,0 +1,163 @@
+"""Paths that may be buckets: every file Sora reads or writes in a run directory goes through `etils.epath`.
+
+`pathlib.Path("gs://b/x")` silently collapses to the relative `gs:/b/x`; `epath.Path` keeps the scheme and
+reaches Cloud Storage (and any other fsspec / tf.io.gfile scheme) through gcsfs. Two facts of object stores shape
+the helpers below: an object upload is atomic by itself (readers see the old object or the new one), and there
+is no rename (a "move" is copy + delete), so atomic writes use write-then-rename only on local disks.
+"""
+
+from __future__ import annotations
+
+import concurrent.futures
+import contextlib
+import logging
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+from etils import epath
+
+from sora_jax.errors import SoraError
+
+PathLike = str | os.PathLike | epath.Path
+
+# How long a bucket may take to answer the first request before a run gives up on it.
+BUCKET_CHECK_TIMEOUT_S = 30.0
+
+
+def as_path(path: PathLike) -> epath.Path:
+    """An `epath.Path`: local paths made absolute (`~` expanded), bucket URLs kept as they are."""
+    text = os.fspath(path)
+    if is_remote(text):
+        return epath.Path(text)
+    return epath.Path(os.path.abspath(os.path.expanduser(text)))
+
+
+def is_remote(path: PathLike) -> bool:
+    """Whether `path` is a URL of an object store or remote filesystem (gs://, s3://, ...)."""
+    return "://" in os.fspath(path)
+
+
+def bucket_of(path: PathLike) -> str:
+    """`gs://bucket/a/b` -> `gs://bucket`."""
+    scheme, _, rest = os.fspath(path).partition("://")
+    return f"{scheme}://{rest.split('/', 1)[0]}"
+
+
+def quiet_storage_logs() -> None:
+    """gcsfs and google-auth warn on every request without application default credentials (expected with a
+    public or emulated bucket, and with credentials found later by the metadata server); keep errors only."""
+    for name in ("gcsfs", "gcsfs.credentials", "google.auth", "google.auth._default", "fsspec"):
+        logging.getLogger(name).setLevel(logging.ERROR)
+
+
+def check_reachable(path: PathLike, what: str) -> None:
+    """For a bucket path: a SoraError within seconds when its bucket does not exist or cannot be read with
+    this machine's credentials. Local paths: a SoraError when a parent is a regular file."""
+    text = os.fspath(path)
+    if not is_remote(text):
+        parent = as_path(text)
+        while not parent.exists() and parent != parent.parent:
+            parent = parent.parent
+        if parent.exists() and not parent.is_dir():
+            where = "is a file" if parent == as_path(text) else f"is inside {parent}, which is a file"
+            raise SoraError(f"{what} {text} {where}, not a directory; choose another path.")
+        return
+    quiet_storage_logs()
+    bucket = bucket_of(text)
+
+    def probe() -> bool:
+        return epath.Path(bucket).exists()
+
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        exists = pool.submit(probe).result(timeout=BUCKET_CHECK_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise SoraError(f"{what} {text}: the bucket {bucket} did not answer within {BUCKET_CHECK_TIMEOUT_S:.0f} s; "
+                        "check the network and credentials (gcloud auth application-default login).") from None
+    except Exception as e:  # noqa: BLE001 - any failure of the first request means the bucket is unusable.
+        raise SoraError(f"{what} {text}: cannot reach the bucket {bucket} ({type(e).__name__}: "
+                        f"{first_line(e)}); check its name and this machine's credentials "
+                        "(gcloud auth application-default login).") from None
+    finally:
+        pool.shutdown(wait=False)
+    if not exists:
+        raise SoraError(f"{what} {text}: the bucket {bucket} does not exist or these credentials cannot see it; "
+                        f"create it (gcloud storage buckets create {bucket}) or fix the name.")
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an exception's message (library errors can be pages long)."""
+    text = str(error).strip()
+    return text.splitlines()[0][:300] if text else ""
+
+
+def write_text(path: epath.Path, text: str) -> None:
+    """Write a whole file atomically: readers see the old content or the new, never a part."""
+    write_bytes(path, text.encode("utf-8"))
+
+
+def write_bytes(path: epath.Path, data: bytes) -> None:
+    """Bytes version of `write_text`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    if is_remote(path):
+        path.write_bytes(data)  # One object upload: atomic on object stores.
+        return
+    tmp = path.with_name(f".{path.name}.tmp-{uuid.uuid4().hex[:8]}")
+    tmp.write_bytes(data)
+    os.replace(os.fspath(tmp), os.fspath(path))
+
+
+def move(source: epath.Path, target: epath.Path) -> None:
+    """Move a file or directory tree. Local: one rename (atomic). Buckets have no rename: copy every object,
+    then delete the source (a reader may see both for a moment, never neither)."""
+    if not is_remote(source):
+        target.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(os.fspath(source), os.fspath(target))
+        return
+    if source.is_dir():
+        for file in sorted(source.rglob("*")):
+            if not file.is_dir():
+                destination = target / file.relative_to(source)
+                destination.parent.mkdir(parents=True, exist_ok=True)
+                file.copy(destination, overwrite=True)
+        source.rmtree()
+    else:
+        source.copy(target, overwrite=True)
+        source.unlink()
+
+
+def remove_tree(path: epath.Path) -> None:
+    """Delete a file or directory tree if it exists."""
+    if path.is_dir():
+        path.rmtree()
+    elif path.exists():
+        path.unlink()
+
+
+def read_text_or_none(path: epath.Path) -> Any:
+    """The text of `path`, or None when it does not exist."""
+    return path.read_text(encoding="utf-8") if path.exists() else None
+
+
+@contextlib.contextmanager
+def storage_errors(what: str) -> Iterator[None]:
+    """Turn a failing read or write of a (remote) file into one SoraError line that says what failed."""
+    try:
+        yield
+    except SoraError:
+        raise
+    except Exception as e:
+        if not is_storage_error(e):
+            raise
+        raise SoraError(f"{what} failed ({type(e).__name__}: {first_line(e)}); the storage is unreachable or "
+                        "refused the write. The last committed checkpoint is intact: run the same command again "
+                        "to resume once the storage is back.") from None
+
+
+def is_storage_error(error: BaseException) -> bool:
+    """Whether an exception comes from the filesystem or a storage client (not from Sora's own code)."""
+    package = type(error).__module__.split(".")[0]
+    return isinstance(error, OSError | TimeoutError) or package in ("gcsfs", "fsspec", "aiohttp", "google",
+                                                                    "tensorstore")

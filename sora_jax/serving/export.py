@@ -1,0 +1,51 @@
+"""Export a trained run's params to the Hugging Face T5 layout (config.json, model.safetensors, spiece.model).
+
+The result loads with `transformers.T5ForConditionalGeneration.from_pretrained(out)`.
+"""
+
+from __future__ import annotations
+
+from sora_jax import checkpoint, paths
+from sora_jax import config as config_lib
+from sora_jax.errors import SoraError
+from sora_jax.interop import save_hf_t5
+from sora_jax.workdir import BEST, Workdir
+from sora_jax.workdir.loaded import checkpoint_steps
+
+
+def check_out_dir(out: str, overwrite: bool) -> None:
+    """A SoraError when `out` is a file, or a folder that is not empty (unless overwrite)."""
+    target = paths.as_path(out)
+    paths.check_reachable(target, "--out")
+    if target.exists() and not target.is_dir():
+        raise SoraError(f"--out {target} is a file; give a folder path (it is created).")
+    if target.is_dir() and any(target.iterdir()) and not overwrite:
+        raise SoraError(f"--out {target} is not empty; give a new or empty folder, or pass --overwrite to replace "
+                        "the files of an earlier export there.")
+
+
+def export_workdir(workdir: str, out: str, step: int | str | None = None, *, overwrite: bool = False) -> int:
+    """Write checkpoint `step` (default: the newest; "best": `<workdir>/best`) of `workdir` to `out`; return the
+    training step exported. Reads only params, as host arrays: export needs no devices of the saving mesh."""
+    work = Workdir(workdir)
+    config, _ = work.load_config()
+    check_out_dir(out, overwrite)
+    if step == BEST:
+        step, params_item = checkpoint.BestCheckpoint.saved(work.best_dir)
+        key = None
+    else:
+        steps = checkpoint_steps(work, config)
+        step = steps[-1] if step is None else step
+        if step not in steps:
+            raise SoraError(f"there is no checkpoint step {step} in {work.checkpoint_dir}; available: "
+                            f"{', '.join(map(str, steps))}.")
+        params_item, key = work.checkpoint_dir / str(step) / "state", "params"
+    tokenizer = work.load_tokenizer(config)
+    model_config = config_lib.resolve_model_config(config.model, tokenizer.vocab_size)
+    try:
+        saved = checkpoint.read_as_numpy(params_item)
+    except Exception as e:  # noqa: BLE001 - an unreadable checkpoint is the user's to fix, not a bug.
+        raise SoraError(f"checkpoint {params_item.parent} cannot be read ({type(e).__name__}: {paths.first_line(e)});"
+                        " pick another --step.") from None
+    save_hf_t5(out, model_config, saved if key is None else saved[key], tokenizer)
+    return step
