@@ -315,7 +315,8 @@ def denoised_examples(token_docs: grain.IterDataset, denoisers: Sequence[Denoise
     used twice; the components are then interleaved by weight with grain's IterDataset.mix (keyed by denoiser
     name). Each component reads all of `token_docs` and keeps its own documents, so upstream work runs once per
     denoiser. The mixture ends when one component runs out. `first_sentinel_id` = tokenizer.sentinel_id(0),
-    `num_sentinels` = tokenizer.extra_ids; `mode_token_ids` maps each mode token text to its ids.
+    `num_sentinels` = tokenizer.extra_ids; `mode_token_ids` maps each mode token text to its ids. Under
+    mp_prefetch grain mixes the worker index into the rngs: keep the worker count fixed across a resume.
     """
     plans = plan_denoisers(denoisers, inputs_length=inputs_length, targets_length=targets_length,
                            mode_token_ids=mode_token_ids, num_sentinels=num_sentinels)
