@@ -115,6 +115,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.tokenizer.model_type = "unigram"
     c.tokenizer.character_coverage = 0.9995
     c.tokenizer.max_training_sentences = 1_000_000
+    c.tokenizer.extra_ids = 100  # T5's sentinels <extra_id_0..99>, numbered down from the highest id.
 
     c.optimizer = ml_collections.ConfigDict()
     c.optimizer.name = "adamw"  # adamw | adafactor | sgd
@@ -283,6 +284,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(config.optimizer.warmup_steps >= 0, "config.optimizer.warmup_steps must be >= 0.")
     require(0.0 <= config.loss.label_smoothing < 1.0, "config.loss.label_smoothing must be in [0, 1).")
     require(config.tokenizer.vocab_size >= 64, "config.tokenizer.vocab_size must be at least 64.")
+    require(isinstance(config.tokenizer.extra_ids, int) and config.tokenizer.extra_ids >= 0,
+            "config.tokenizer.extra_ids must be >= 0 (T5 uses 100 sentinels).")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         automatic = axis == "fsdp" and size == 0

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import io
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -32,14 +33,15 @@ def test_special_ids(tokenizer):
     assert [sp.id_to_piece(i) for i in range(3)] == ["<pad>", "</s>", "<unk>"]
     assert sp.pad_id() == 0 and sp.eos_id() == 1 and sp.unk_id() == 2 and sp.bos_id() == -1
     assert [sp.id_to_piece(BYTE_OFFSET + b) for b in (0, 0x41, 0xFF)] == ["<0x00>", "<0x41>", "<0xFF>"]
-    assert 259 + 2 < tokenizer.vocab_size <= 600
+    assert 259 + 2 < tokenizer.num_pieces <= 600
+    assert tokenizer.num_pieces == sp.get_piece_size() and tokenizer.vocab_size == tokenizer.num_pieces + 100
 
 
 @pytest.mark.parametrize("text", SENTENCES + UNSEEN)
 def test_round_trip(tokenizer, text):
     ids = tokenizer.encode([text])[0]
     assert ids and all(isinstance(i, int) for i in ids)
-    assert all(3 <= i < tokenizer.vocab_size for i in ids)  # never pad, eos or unknown
+    assert all(3 <= i < tokenizer.num_pieces for i in ids)  # never pad, eos, unknown or a sentinel
     assert tokenizer.decode([ids]) == [text]
 
 
@@ -172,3 +174,75 @@ def test_model_with_wrong_special_ids_rejected(corpus):
                                    character_coverage=1.0, hard_vocab_limit=False, minloglevel=2)
     with pytest.raises(SoraError, match="pad id -1 and eos id 2"):
         Tokenizer(model.getvalue())
+
+
+# ---------------------------------------------------------------- sentinels (T5 / Hugging Face numbering)
+
+HF_SPIECE = Path(__file__).parent / "fixtures" / "hf_t5" / "t5_v1_0" / "spiece.model"
+
+
+def test_sentinels_count_down_from_the_highest_id():
+    tok = Tokenizer.load(HF_SPIECE)  # 300 pieces: HF's T5Tokenizer gives <extra_id_0> = 399, <extra_id_99> = 300
+    assert (tok.num_pieces, tok.extra_ids, tok.vocab_size) == (300, 100, 400)
+    assert [tok.sentinel_id(n) for n in (0, 1, 2, 99)] == [399, 398, 397, 300]
+    small = Tokenizer.load(HF_SPIECE, extra_ids=3)
+    assert small.vocab_size == 303 and [small.sentinel_id(n) for n in range(3)] == [302, 301, 300]
+    with pytest.raises(SoraError, match=r"<extra_id_3> does not exist: .* 3 sentinels \(<extra_id_0>..<extra_id_2>\)"):
+        small.sentinel_id(3)
+    with pytest.raises(SoraError, match="<extra_id_-1> does not exist"):
+        small.sentinel_id(-1)
+
+
+def test_no_extra_ids_is_the_plain_model(tokenizer):
+    plain = Tokenizer(tokenizer._sp.serialized_model_proto(), extra_ids=0)
+    assert plain.vocab_size == plain.num_pieces == tokenizer.num_pieces
+    ids = tokenizer.encode(SENTENCES)
+    assert plain.encode(SENTENCES) == ids and plain.decode(ids) == SENTENCES
+    # Ids past the pieces are padded embedding rows: dropped, as before sentinels existed.
+    row = ids[0][:2] + [plain.num_pieces, plain.num_pieces + 5] + ids[0][2:]
+    assert plain.decode([row]) == plain.decode([row], show_sentinels=True) == [SENTENCES[0]]
+    with pytest.raises(SoraError, match=r"has no sentinel ids \(extra_ids=0\); span corruption needs them"):
+        plain.sentinel_id(0)
+
+
+@pytest.mark.parametrize("extra_ids", [-1, 2.0, True])
+def test_bad_extra_ids_rejected(tokenizer, extra_ids):
+    with pytest.raises(SoraError, match="must be a whole number >= 0"):
+        Tokenizer(tokenizer._sp.serialized_model_proto(), extra_ids=extra_ids)
+
+
+def test_decode_hides_sentinels_unless_asked(tokenizer):
+    the, hotel, room, *rest = tokenizer.encode(["the hotel room was clean"])[0]
+    s0, s1 = tokenizer.sentinel_id(0), tokenizer.sentinel_id(1)
+    padded_row = tokenizer.vocab_size + 3  # a padded embedding row: never text, not even with show_sentinels
+    inputs = [the, s0, room, *rest, s1, padded_row, EOS_ID, s0]
+    assert tokenizer.decode([inputs]) == ["the room was clean"]
+    assert tokenizer.decode([inputs], show_sentinels=True) == ["the<extra_id_0> room was clean<extra_id_1>"]
+    targets = [PAD_ID, s0, hotel, s1, EOS_ID]
+    assert tokenizer.decode([targets], show_sentinels=True) == ["<extra_id_0> hotel<extra_id_1>"]
+    assert tokenizer.decode([targets]) == ["hotel"]
+    last = tokenizer.sentinel_id(99)
+    assert last == tokenizer.num_pieces and tokenizer.decode([[last]], show_sentinels=True) == ["<extra_id_99>"]
+
+
+def test_trained_tokenizer_reloads_with_the_same_ids(tokenizer, tmp_path):
+    tokenizer.save(tmp_path / "t.model")
+    loaded = Tokenizer.load(tmp_path / "t.model")
+    assert loaded.vocab_size == tokenizer.vocab_size and loaded.sentinel_id(0) == tokenizer.sentinel_id(0)
+
+
+def test_user_defined_symbols_are_single_pieces(corpus):
+    modes = ("[NLU]", "[NLG]", "[S2S]")
+    tok = train_tokenizer(corpus, vocab_size=600, character_coverage=1.0, user_defined_symbols=modes, extra_ids=7)
+    plain = train_tokenizer(corpus, vocab_size=600, character_coverage=1.0)
+    assert tok.extra_ids == 7 and tok.vocab_size == tok.num_pieces + 7
+    symbol_ids = [tok._sp.piece_to_id(m) for m in modes]
+    assert UNK_ID not in symbol_ids and len(set(symbol_ids)) == 3
+    for mode, symbol in zip(modes, symbol_ids, strict=True):
+        ids = tok.encode([f"{mode} the hotel"])[0]
+        assert symbol in ids and tok.decode([ids]) == [f"{mode} the hotel"]
+        # Without the symbols the same text is spelt in several pieces.
+        assert [tok._sp.id_to_piece(i) for i in tok.encode([mode])[0]] == ["\u2581", mode]
+        # Without the symbols the same text is spelt in several pieces (here bytes: "[" is not in the corpus).
+        plain_pieces = [plain._sp.id_to_piece(i) for i in plain.encode([mode])[0]]
+        assert len(plain_pieces) > 3 and mode not in plain_pieces

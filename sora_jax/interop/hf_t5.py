@@ -70,11 +70,18 @@ def _more(items: list[Any]) -> str:
     return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
+def hf_extra_ids(num_pieces: int, model_vocab_size: int) -> int:
+    """The sentinels a Hugging Face T5 checkpoint has: T5's 100 after the sentencepiece pieces, as many as the
+    embedding holds (every released T5/mT5/Flan-T5 holds all 100; tiny test checkpoints may hold fewer)."""
+    return max(0, min(100, model_vocab_size - num_pieces))
+
+
 def _load_tokenizer(root: Path, cfg: ModelConfig) -> Tokenizer | None:
     file = root / SPIECE_FILE
     if not file.is_file():
         return None
-    tokenizer = Tokenizer.load(file)  # SoraError if unreadable or its pad/eos ids are not 0/1
+    pieces = Tokenizer.load(file, extra_ids=0).num_pieces  # SoraError if unreadable or pad/eos are not 0/1
+    tokenizer = Tokenizer.load(file, extra_ids=hf_extra_ids(pieces, cfg.vocab_size))
     if tokenizer.vocab_size > cfg.vocab_size:
         raise SoraError(f"{file} has {tokenizer.vocab_size} pieces but the model's embedding (shared.weight, "
                         f"vocab_size in {CONFIG_FILE}) has only {cfg.vocab_size} rows; use the spiece.model that "

@@ -22,8 +22,8 @@ from sora_jax.training import step as step_lib
 def _vocab_size(config: ml_collections.ConfigDict) -> int:
     # No data is read: the vocabulary is the configured tokenizer's, or the size a new one is trained to.
     if config.tokenizer.model_path:
-        return Tokenizer.load(config.tokenizer.model_path).vocab_size
-    return config.tokenizer.vocab_size
+        return Tokenizer.load(config.tokenizer.model_path, extra_ids=config.tokenizer.extra_ids).vocab_size
+    return config.tokenizer.vocab_size + config.tokenizer.extra_ids
 
 
 def _bytes_per_device(abstract_tree: object) -> int:

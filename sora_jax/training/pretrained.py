@@ -13,8 +13,10 @@ from typing import Any
 import ml_collections
 
 from sora_jax import config as config_lib
+from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
 from sora_jax.interop import load_hf_t5
+from sora_jax.interop.hf_t5 import hf_extra_ids
 from sora_jax.interop.hf_t5_config import config_from_hf
 from sora_jax.model import ModelConfig
 
@@ -48,6 +50,8 @@ def apply_pretrained_architecture(config: ml_collections.ConfigDict) -> None:
             raise SoraError(f"{directory} has no spiece.model; set config.tokenizer.model_path to the checkpoint's "
                             "sentencepiece model.")
         config.tokenizer.model_path = str(spiece)
+        pieces = Tokenizer.load(spiece, extra_ids=0).num_pieces
+        config.tokenizer.extra_ids = hf_extra_ids(pieces, config.model.vocab_size)
 
 
 def load_pretrained_params(init_from: str, model_config: ModelConfig, param_shardings: Any) -> Any:

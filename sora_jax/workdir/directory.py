@@ -119,18 +119,19 @@ class Workdir:
         """The configured `.model`, else the one saved in the workdir, else one that process 0 trains on
         `texts()` and saves (atomically) before any process reads it."""
         if cfg.model_path:
-            return load_tokenizer_file(cfg.model_path, "config.tokenizer.model_path")
+            return load_tokenizer_file(cfg.model_path, "config.tokenizer.model_path", cfg.extra_ids)
 
         def train() -> None:
             if self.tokenizer_file.exists():
                 return
             tokenizer = train_tokenizer(texts(), vocab_size=cfg.vocab_size, model_type=cfg.model_type,
                                         character_coverage=cfg.character_coverage,
-                                        max_sentences=2 * cfg.max_training_sentences, seed=seed)
+                                        max_sentences=2 * cfg.max_training_sentences, seed=seed,
+                                        extra_ids=cfg.extra_ids)
             paths.write_bytes(self.tokenizer_file, tokenizer.model_proto())
 
         distributed.leader_then_all("tokenizer", train)
-        return load_tokenizer_file(self.tokenizer_file, "the workdir's tokenizer")
+        return load_tokenizer_file(self.tokenizer_file, "the workdir's tokenizer", cfg.extra_ids)
 
     # --- reading a trained run ----------------------------------------------------------------------------
     def require_run(self) -> None:
@@ -168,13 +169,14 @@ class Workdir:
 
     def load_tokenizer(self, config: ml_collections.ConfigDict) -> Tokenizer:
         """The tokenizer the run was trained with: config.tokenizer.model_path if set, else the workdir's."""
+        extra_ids = config.tokenizer.extra_ids
         if config.tokenizer.model_path:
             return load_tokenizer_file(config.tokenizer.model_path, "config.tokenizer.model_path (the tokenizer "
-                                       "this run was trained with)")
+                                       "this run was trained with)", extra_ids)
         if not self.tokenizer_file.exists():
             raise SoraError(f"{self.tokenizer_file} does not exist: training stopped before its tokenizer was "
                             "saved; train first, or pass --config.tokenizer.model_path=FILE.model.")
-        return load_tokenizer_file(self.tokenizer_file, "the workdir's tokenizer")
+        return load_tokenizer_file(self.tokenizer_file, "the workdir's tokenizer", extra_ids)
 
     def events(self) -> list[dict[str, Any]]:
         """The events of metrics.jsonl; an unreadable last line (a run killed mid-write) is skipped."""
@@ -199,13 +201,14 @@ class Workdir:
         return found
 
 
-def load_tokenizer_file(path: paths.PathLike, what: str) -> Tokenizer:
-    """A sentencepiece model file (local or in a bucket) as a Tokenizer; a missing file is a SoraError."""
+def load_tokenizer_file(path: paths.PathLike, what: str, extra_ids: int) -> Tokenizer:
+    """A sentencepiece model file (local or in a bucket) with `extra_ids` sentinels; a missing file is a
+    SoraError."""
     file = paths.as_path(path)
     if not file.exists():
         raise SoraError(f"{what} {file} does not exist; fix config.tokenizer.model_path or leave it empty to train "
                         "one.")
-    return Tokenizer(file.read_bytes(), os.fspath(file))
+    return Tokenizer(file.read_bytes(), os.fspath(file), extra_ids=extra_ids)
 
 
 def tokenizer_texts(train_pairs: Any, max_pairs: int, seed: int) -> list[str]:
