@@ -96,11 +96,11 @@ def init_lora_params(lmodel: EncoderDecoder, params: Any, rng: jax.Array) -> Any
     Base leaves are returned as they are (the same arrays); for a QLoRA model float params are quantized first.
     """
     base = providers.flat(params)
-    wants_quantized = any(isinstance(x, providers.WithAux) for x in providers.flat(providers.abstract_params(lmodel))
-                          .values())
-    if wants_quantized and not any(isinstance(x, providers.WithAux) for x in base.values()):
-        params = providers.quantize_base(EncoderDecoder(lmodel.config), lmodel, params)
-        base = providers.flat(params)
+    if not any(isinstance(x, providers.WithAux) for x in base.values()):
+        float_model = EncoderDecoder(lmodel.config)
+        providers.check_float_params(float_model, params)
+        if any(isinstance(x, providers.WithAux) for x in providers.flat(providers.abstract_params(lmodel)).values()):
+            base = providers.flat(providers.quantize_base(float_model, lmodel, params))
     tokens = jnp.zeros((1, 8), jnp.int32)
 
     @jax.jit
@@ -109,7 +109,7 @@ def init_lora_params(lmodel: EncoderDecoder, params: Any, rng: jax.Array) -> Any
         _, variables = lmodel.apply({"params": params}, tokens, tokens, mutable=["params"], rngs={"params": rng})
         return {p: x for p, x in providers.flat(variables["params"]).items() if _is_adapter(p)}
 
-    return providers.unflat({**base, **create(params, rng)})
+    return providers.unflat({**base, **create(providers.unflat(base), rng)})
 
 
 def _is_trainable(path: tuple[str, ...], train_norms: bool) -> bool:

@@ -4,7 +4,8 @@ Qwix intercepts `jax.lax.dot_general` / `jnp.einsum` inside the intercepted mode
 against rules by the path of the Linen module that runs it. In this model every weight matmul runs in its own
 module: `.../{q,k,v,o}` (attention projections), `.../mlp/{wi,wi_0,wi_1,wo}` and `decoder/logits_dense` (the
 untied LM head). The attention softmax einsums run in `.../self_attention` or `.../cross_attention` and never
-match, so activations-by-activations products stay in float.
+match, so activations-by-activations products stay in float. The providers here are qwix's, with two fixes
+for qwix 0.1.8 in Linen (see `_LinenFixes`).
 """
 
 from __future__ import annotations
@@ -61,20 +62,26 @@ class _CastableWithAux(WithAux):
         return WithAux(self.array.astype(dtype), self.how)
 
 
-class _CastFix:
-    """Mixin for providers that read quantized params: serve them as `_CastableWithAux`."""
+class _LinenFixes:
+    """Mixin for providers that read quantized params, fixing two qwix 0.1.8 gaps for this model."""
 
     def nn_param(self, module: nn.Module, name: str, *args: Any, **kwargs: Any) -> Any:
+        # Serve quantized kernels as _CastableWithAux, so HeadProjection's `kernel.astype(dtype)` works.
         value = super().nn_param(module, name, *args, **kwargs)
         return _CastableWithAux(value.array, value.how) if isinstance(value, WithAux) else value
 
+    def einsum(self, einsum_str: str, *operands: Any, preferred_element_type: Any = None, **kwargs: Any) -> Any:
+        # The quantized einsum drops preferred_element_type: keep the LM head's float32 logits under bfloat16.
+        out = super().einsum(einsum_str, *operands, preferred_element_type=preferred_element_type, **kwargs)
+        return out if preferred_element_type is None else out.astype(preferred_element_type)
 
-class PtqProvider(_CastFix, qwix.PtqProvider):
-    """qwix.PtqProvider that also handles `kernel.astype(...)` on quantized kernels."""
+
+class PtqProvider(_LinenFixes, qwix.PtqProvider):
+    """qwix.PtqProvider with the `_LinenFixes`."""
 
 
-class LoraProvider(_CastFix, qwix.LoraProvider):
-    """qwix.LoraProvider (adapters over a float or PTQ base) that handles `kernel.astype(...)`."""
+class LoraProvider(_LinenFixes, qwix.LoraProvider):
+    """qwix.LoraProvider (adapters over a float or PTQ base) with the `_LinenFixes`."""
 
 
 def intercept(model: EncoderDecoder, provider: qwix.QuantizationProvider) -> EncoderDecoder:
