@@ -108,6 +108,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.eval_batch_size = 128  # Global.
     c.data.max_eval_examples = 0  # 0 = the whole split; >0 caps validation during training.
     c.data.num_sample_predictions = 3  # Decoded examples printed at each evaluation.
+    # Unlabelled-text tasks (kind "text"): how documents become examples. span_corruption (T5), prefix_lm, or ul2
+    # (UL2R's mixture of denoisers, with mode tokens); see sora_jax/data/objectives.py.
+    c.data.objective = ""
+    c.data.noise_density = 0.15
+    c.data.mean_noise_span_length = 3.0
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.model_path = ""  # "" = train one on the training split, cached in the workdir.
@@ -274,6 +279,11 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(data.max_input_length > 0 and data.max_target_length > 0, "config.data max lengths must be positive.")
     require(data.eval_batch_size > 0, "config.data.eval_batch_size must be positive.")
     require(data.num_shards >= 0, "config.data.num_shards must be >= 0 (0 = one shard per process).")
+    require(data.objective in ("", "span_corruption", "prefix_lm", "ul2"),
+            f"config.data.objective={data.objective!r}: use span_corruption, prefix_lm or ul2 (or '' for a "
+            "supervised task).")
+    require(0.0 < data.noise_density < 1.0, f"config.data.noise_density={data.noise_density} must be in (0, 1).")
+    require(data.mean_noise_span_length > 0, "config.data.mean_noise_span_length must be positive.")
     require(config.rng_impl in ("threefry2x32", "rbg", "unsafe_rbg"),
             f"config.rng_impl={config.rng_impl!r}: use threefry2x32, rbg or unsafe_rbg.")
     require(config.optimizer.name in ("adamw", "adafactor", "sgd"),

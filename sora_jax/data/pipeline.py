@@ -14,8 +14,12 @@ from typing import Any
 import grain
 import numpy as np
 
+from sora_jax.data import objectives
 from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from sora_jax.errors import SoraError
+
+# config.data.objective -> the denoisers of an unlabelled-text task (see sora_jax/data/objectives.py).
+OBJECTIVES = ("span_corruption", "prefix_lm", "ul2")
 
 # Batch keys, as the model and the train step read them.
 BATCH_KEYS = ("encoder_input_tokens", "encoder_segment_ids", "encoder_positions",
@@ -61,6 +65,59 @@ def with_eos(ids: Sequence[int], max_length: int) -> np.ndarray:
     """Ids truncated to `max_length - 1`, then EOS: what the model sees for every input and target."""
     # Truncate before appending EOS so that every sequence ends, and decoding learns where to stop.
     return np.asarray(list(ids[: max_length - 1]) + [EOS_ID], dtype=np.int32)
+
+
+class TokenizeText(grain.transforms.Map):
+    """{"text": str} -> int32 token ids of the document, without EOS (the objective adds it)."""
+
+    def __init__(self, tokenizer: Tokenizer):
+        self._tokenizer = tokenizer
+
+    def map(self, example: Mapping[str, str]) -> np.ndarray:
+        return np.asarray(self._tokenizer.encode([example["text"]])[0], np.int32)
+
+
+@dataclasses.dataclass(frozen=True)
+class Objective:
+    """How documents become (inputs, targets): the denoisers and the tokenizer ids they need."""
+
+    denoisers: tuple[objectives.Denoiser, ...]
+    first_sentinel_id: int
+    num_sentinels: int
+    mode_token_ids: dict[str, list[int]]
+
+    def examples(self, token_docs: grain.IterDataset, *, max_input_length: int, max_target_length: int,
+                 seed: int) -> grain.IterDataset:
+        """{"inputs", "targets"} examples (EOS included, within the lengths) of the documents."""
+        return objectives.denoised_examples(
+            token_docs, self.denoisers, inputs_length=max_input_length, targets_length=max_target_length,
+            first_sentinel_id=self.first_sentinel_id, eos_id=EOS_ID, mode_token_ids=self.mode_token_ids, seed=seed,
+            num_sentinels=self.num_sentinels)
+
+
+def make_objective(data_cfg: Any, tokenizer: Tokenizer) -> Objective:
+    """The objective `config.data.objective` names, for a text task, with the tokenizer's sentinels; checked
+    against the lengths (one-line SoraErrors) before any data is read."""
+    name = data_cfg.objective
+    if name not in OBJECTIVES:
+        raise SoraError(f"task {data_cfg.task} is unlabelled text: set config.data.objective to one of "
+                        f"{', '.join(OBJECTIVES)} (got {name!r}).")
+    if tokenizer.extra_ids == 0 and name != "prefix_lm":
+        raise SoraError(f"config.data.objective={name} needs sentinel ids, but the tokenizer has none: set "
+                        "config.tokenizer.extra_ids (T5 uses 100).")
+    if name == "ul2":
+        denoisers = objectives.UL2_DENOISERS
+    elif name == "prefix_lm":
+        denoisers = (objectives.Denoiser(objectives.PREFIX_LM),)
+    else:
+        denoisers = (objectives.Denoiser(objectives.SPAN, data_cfg.mean_noise_span_length, data_cfg.noise_density),)
+    modes = {d.mode_token: list(tokenizer.encode([d.mode_token])[0]) for d in denoisers if d.mode_token}
+    objective = Objective(denoisers, tokenizer.sentinel_id(0) if tokenizer.extra_ids else -1, tokenizer.extra_ids,
+                          modes)
+    objectives.plan_denoisers(denoisers, inputs_length=data_cfg.max_input_length,
+                              targets_length=data_cfg.max_target_length, mode_token_ids=modes,
+                              num_sentinels=tokenizer.extra_ids)
+    return objective
 
 
 class PadExample(grain.transforms.Map):
@@ -114,28 +171,35 @@ def length_stats(pairs: grain.MapDataset, tokenizer: Tokenizer, max_input_length
 
 def train_dataset(pairs: grain.MapDataset, tokenizer: Tokenizer, *, batch_size: int, max_input_length: int,
                   max_target_length: int, pack: bool, num_packing_bins: int, seed: int,
-                  process_index: int = 0, process_count: int = 1) -> grain.IterDataset:
+                  process_index: int = 0, process_count: int = 1,
+                  objective: Objective | None = None) -> grain.IterDataset:
     """Endless, shuffled (a new order each epoch), packed or padded batches of this process's shard.
 
-    `batch_size` is this process's share of the global batch. Iterate it with `iter(...)`; the iterator's
+    `batch_size` is this process's share of the global batch. With an `objective`, `pairs` are documents
+    ({"text"}) that the objective turns into examples. Iterate it with `iter(...)`; the iterator's
     `get_state()`/`set_state()` make it resumable exactly.
     """
     shard = pairs[process_index::process_count]
     if len(shard) == 0:
         raise SoraError(f"process {process_index} of {process_count} got no training examples: the training "
                         "split is smaller than the number of processes.")
-    examples = shard.shuffle(seed=seed).repeat(None).map(TokenizePair(tokenizer, max_input_length,
-                                                                      max_target_length))
+    shuffled = shard.shuffle(seed=seed).repeat(None)
+    if objective is not None:
+        examples = objective.examples(shuffled.map(TokenizeText(tokenizer)).to_iter_dataset(),
+                                      max_input_length=max_input_length, max_target_length=max_target_length,
+                                      seed=seed)
+    else:
+        examples = shuffled.map(TokenizePair(tokenizer, max_input_length, max_target_length)).to_iter_dataset()
     if pack:
         rows = grain.experimental.FirstFitPackIterDataset(
-            examples.to_iter_dataset(),
+            examples,
             length_struct={"inputs": max_input_length, "targets": max_target_length},
             num_packing_bins=num_packing_bins,
             seed=seed,
             shuffle_bins=True,
         )
     else:
-        rows = examples.map(PadExample(max_input_length, max_target_length)).to_iter_dataset()
+        rows = examples.map(PadExample(max_input_length, max_target_length))
     batches = rows.batch(batch_size, drop_remainder=True).map(ToModelBatch())
     # A background thread prepares the next batches while the device computes (the state stays exact).
     return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=2)
@@ -173,6 +237,24 @@ def eval_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, global_batch_
         yield EvalBatch(stacked, [t["inputs"] for t in texts], [t["targets"] for t in texts])
 
 
+
+
+def text_eval_batches(docs: grain.MapDataset, tokenizer: Tokenizer, objective: Objective, *, global_batch_size: int,
+                      max_input_length: int, max_target_length: int, num_batches: int, process_index: int = 0,
+                      process_count: int = 1) -> Iterator[EvalBatch]:
+    """`num_batches` fixed batches of denoised documents of an eval split (in order, seed 0, one example per
+    row), the same at every evaluation: for the teacher-forced loss of a pretraining run. Each process makes its
+    rows from its own documents; every process yields the same number of batches."""
+    local_size = global_batch_size // process_count
+    shard = docs[process_index::process_count]
+    if len(shard) == 0:
+        raise SoraError(f"process {process_index} of {process_count} got no evaluation documents: the split is "
+                        "smaller than the number of processes.")
+    examples = objective.examples(shard.repeat(None).map(TokenizeText(tokenizer)).to_iter_dataset(),
+                                  max_input_length=max_input_length, max_target_length=max_target_length, seed=0)
+    rows = examples.map(PadExample(max_input_length, max_target_length)).batch(local_size).map(ToModelBatch())
+    for _, arrays in zip(range(num_batches), rows, strict=False):
+        yield EvalBatch(arrays, [], [])
 
 
 class ShardedBatches:

@@ -104,9 +104,10 @@ def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
     if name.startswith("tfds:"):  # (corpora block)
         from sora_jax.data import tfds_tasks  # (imports this module)
 
+        task = tfds_tasks.make_tfds_task(name, options or {})
         if options is not None:
-            _warn_unknown_options(options)
-        return tfds_tasks.make_tfds_task(name, options or {})
+            _warn_unknown_options(task, options)
+        return task
     task = TASKS.get(name)
     if task is None:
         close = difflib.get_close_matches(name, TASKS, n=1, cutoff=0.5)
@@ -420,7 +421,7 @@ def _make_zh_pretrain(data_dir: str, options: Mapping[str, Any]) -> tfds.core.Da
 
 
 register(Task(name="zh_pretrain", kind="text", make_builder=_make_zh_pretrain, to_text_pair=text_to_text,
-              target_language="zh"))
+              target_language="zh", options=("locale_dir",)))
 
 
 def _make_text_files(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
@@ -440,4 +441,5 @@ def _make_text_files(data_dir: str, options: Mapping[str, Any]) -> tfds.core.Dat
     )
 
 
-register(Task(name="text_files", kind="text", make_builder=_make_text_files, to_text_pair=text_to_text))
+register(Task(name="text_files", kind="text", make_builder=_make_text_files, to_text_pair=text_to_text,
+              options=("train_files", "eval_files", "text_format", "text_key")))

@@ -266,6 +266,9 @@ def _labels(options: Mapping[str, Any]) -> tuple[str, ...]:
     return tuple(str(label) for label in labels)
 
 
+TFDS_OPTIONS = ("text_key", "inputs_template", "targets_template", "kind", "labels", "target_language", "download")
+
+
 def make_tfds_task(spec: str, options: Mapping[str, Any]) -> Task:
     """The Task for `tfds:NAME[/CONFIG][:VERSION]` with text_key or inputs_template/targets_template options."""
     parsed = parse_spec(spec)
@@ -298,6 +301,7 @@ def make_tfds_task(spec: str, options: Mapping[str, Any]) -> Task:
             make_builder=functools.partial(make_builder, spec, _signature(features, [text_key])),
             to_text_pair=functools.partial(text_document, str(text_key)),
             target_language=str(options.get("target_language", "en")),
+            options=TFDS_OPTIONS,
         )
     if not (inputs_template and targets_template):
         missing = " and ".join(k for k, v in (("inputs_template", inputs_template),
@@ -337,4 +341,12 @@ def make_tfds_task(spec: str, options: Mapping[str, Any]) -> Task:
         to_text_pair=functools.partial(templated_pair, str(inputs_template), str(targets_template), class_names),
         labels=labels if kind == "classification" else (),
         target_language=str(options.get("target_language", "en")),
+        input_example=(functools.partial(_input_example, inputs_fields[0], targets_fields, class_names)
+                       if len(set(inputs_fields)) == 1 else None),
+        options=TFDS_OPTIONS,
     )
+
+
+def _input_example(field: str, targets_fields: list[str], class_names: Mapping[str, Any], text: str) -> dict:
+    # A user's text in the one inputs field; placeholders (that only shape the targets) in the others.
+    return {field: text, **{f: 0 if f in class_names else "" for f in targets_fields if f != field}}

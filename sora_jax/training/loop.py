@@ -105,6 +105,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
     config = config.copy_and_resolve_references()  # Filled in below; the caller's config stays as it was.
     if config.init_from:
         pretrained.apply_pretrained_architecture(config)
+        pretrained.check_source(config.init_from)
     mesh = sharding.mesh_from_config(config.mesh)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     _check_batch_sizes(config, mesh)
@@ -128,14 +129,23 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
     log = MetricsLog(work)
     log.print(f"workdir {work} | task {task.name} | {len(train_pairs)} training examples | "
               f"mesh {dict(mesh.shape)} | tokenizer {tokenizer.path} ({tokenizer.vocab_size} pieces)")
-    log.print(pipeline.length_stats(train_pairs, tokenizer, config.data.max_input_length,
-                                    config.data.max_target_length).describe("train"))
+    objective = pipeline.make_objective(config.data, tokenizer) if task.kind == "text" else None
+    if objective is None:
+        if config.data.objective:
+            raise SoraError(f"config.data.objective={config.data.objective} is for unlabelled text tasks; task "
+                            f"{task.name} has inputs and targets: clear it.")
+        log.print(pipeline.length_stats(train_pairs, tokenizer, config.data.max_input_length,
+                                        config.data.max_target_length).describe("train"))
+    else:
+        log.print(f"objective {config.data.objective}: {', '.join(d.name for d in objective.denoisers)} | inputs "
+                  f"{config.data.max_input_length} / targets {config.data.max_target_length} tokens | "
+                  f"{objective.num_sentinels} sentinels")
     train_iter = pipeline.sharded_train_batches(
         train_pairs, tokenizer, global_batch_size=config.batch_size,
         num_shards=config.data.num_shards or jax.process_count(), process_index=jax.process_index(),
         process_count=jax.process_count(), max_input_length=config.data.max_input_length,
         max_target_length=config.data.max_target_length, pack=config.data.pack,
-        num_packing_bins=config.data.num_packing_bins, seed=config.seed)
+        num_packing_bins=config.data.num_packing_bins, seed=config.seed, objective=objective)
 
     # Model, optimizer, and the sharded train state: restored from the newest checkpoint, else initialized.
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)
@@ -167,7 +177,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
             return result
         with sharding.activate(mesh, rules):
             evaluator = Evaluator(setup.model, task, builder, tokenizer, config.data, mesh,
-                                  setup.state_shardings.params)
+                                  setup.state_shardings.params, objective=objective)
             train_step = step_lib.compile_train_step(setup, config, mesh)
             with paths.storage_errors(f"training in {work}"):
                 _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, result, work)
@@ -254,9 +264,11 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
                 return
 
     result.final_step = step
-    result.test_metrics = log_eval(evaluator, log, step, state.params, "test",
+    # Pretraining corpora have no test split: the final evaluation is then on validation.
+    final_split = "test" if "test" in evaluator.splits else "validation"
+    result.test_metrics = log_eval(evaluator, log, step, state.params, final_split,
                                    num_samples=config.data.num_sample_predictions)
-    log.print(f"done: {step} steps in {format_duration(time.perf_counter() - started)}. test: "
+    log.print(f"done: {step} steps in {format_duration(time.perf_counter() - started)}. {final_split}: "
               f"{format_metrics(result.test_metrics).replace(' |', ',')}")
     log.print(f"checkpoints: {ckpt.directory} (step {step}); metrics: {work.metrics_file}; "
               f"TensorBoard: tensorboard --logdir {work.tensorboard_dir}")

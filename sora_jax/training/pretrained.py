@@ -1,7 +1,11 @@
-"""Starting a run from a pretrained checkpoint: `config.init_from = "hf:/path/to/dir"` (Hugging Face T5 layout).
+"""Starting a run from pretrained params: `config.init_from`.
 
-The architecture and tokenizer come from the checkpoint; optimizer, data and schedule are the run's own. A
-resumed run ignores `init_from`: its own checkpoints win.
+- `hf:/path/to/dir`: a Hugging Face T5 checkpoint (config.json, model.safetensors, spiece.model).
+- `workdir:DIR[@STEP|@best]`: another Sora run (a pretraining run, say), its newest checkpoint by default.
+
+The architecture and tokenizer come from the source; optimizer, data and schedule are the run's own. Settings
+that contradict the source (another vocabulary or shape) are refused with one line before anything is compiled.
+A resumed run ignores `init_from`: its own checkpoints win.
 """
 
 from __future__ import annotations
@@ -10,6 +14,7 @@ import json
 from pathlib import Path
 from typing import Any
 
+import jax
 import ml_collections
 
 from sora_jax import config as config_lib
@@ -19,25 +24,62 @@ from sora_jax.interop import load_hf_t5
 from sora_jax.interop.hf_t5 import hf_extra_ids
 from sora_jax.interop.hf_t5_config import config_from_hf
 from sora_jax.model import ModelConfig
+from sora_jax.workdir import BEST, Workdir, load_workdir
 
-PREFIX = "hf:"
+HF, WORKDIR = "hf:", "workdir:"
 
 
 def checkpoint_dir(init_from: str) -> Path:
-    """The directory named by `init_from`; a spec without the `hf:` prefix or a missing directory is an error."""
-    if not init_from.startswith(PREFIX):
-        raise SoraError(f"config.init_from={init_from!r}: use hf:/path/to/dir (a Hugging Face T5 checkpoint "
-                        "directory with config.json, model.safetensors and spiece.model).")
-    directory = Path(init_from[len(PREFIX):]).expanduser()
+    """The directory named by an `hf:` spec; a missing directory is an error."""
+    directory = Path(init_from[len(HF):]).expanduser()
     if not (directory / "config.json").is_file():
         raise SoraError(f"config.init_from: {directory} has no config.json; download the checkpoint there first "
                         "(e.g. huggingface-cli download google/flan-t5-small --local-dir DIR).")
     return directory
 
 
+def parse_workdir_spec(init_from: str) -> tuple[str, int | str | None]:
+    """`workdir:DIR[@STEP|@best]` -> (DIR, step: None = newest, an int, or "best")."""
+    body = init_from[len(WORKDIR):]
+    path, at, step = body.rpartition("@")
+    if not at:
+        return body, None
+    if step == BEST:
+        return path, BEST
+    if not step.isdigit():
+        raise SoraError(f"config.init_from={init_from!r}: after '@' comes a checkpoint step or 'best'.")
+    return path, int(step)
+
+
+def _check_same(config: ml_collections.ConfigDict, name: str, source_value: Any, source: str) -> None:
+    if config.model[name] is not None and config.model[name] != source_value:
+        raise SoraError(f"config.model.{name}={config.model[name]!r} but {source} has {source_value!r}: a fine-tune "
+                        f"keeps the pretrained architecture; leave config.model.{name} unset.")
+
+
 def apply_pretrained_architecture(config: ml_collections.ConfigDict) -> None:
-    """Fill `config.model` (fields left unset) and `config.tokenizer.model_path` from the checkpoint, in place."""
-    directory = checkpoint_dir(config.init_from)
+    """Fill `config.model` and the tokenizer settings from the source, in place (refusing contradictions)."""
+    spec = config.init_from
+    if spec.startswith(WORKDIR):
+        path, _ = parse_workdir_spec(spec)
+        source = Workdir(path)
+        saved, _ = source.load_config()
+        for name in config_lib.MODEL_FIELDS:
+            _check_same(config, name, saved.model[name], f"init_from run {source}")
+            config.model[name] = saved.model[name]
+        config.model.preset = saved.model.preset
+        tokenizer_file = saved.tokenizer.model_path or str(source.tokenizer_file)
+        if config.tokenizer.model_path and config.tokenizer.model_path != tokenizer_file:
+            raise SoraError(f"config.tokenizer.model_path={config.tokenizer.model_path} but the init_from run "
+                            f"{source} was trained with {tokenizer_file}: a fine-tune keeps its vocabulary; leave "
+                            "config.tokenizer.model_path unset.")
+        config.tokenizer.model_path = tokenizer_file
+        config.tokenizer.extra_ids = saved.tokenizer.extra_ids
+        return
+    if not spec.startswith(HF):
+        raise SoraError(f"config.init_from={spec!r}: use hf:/path/to/dir (a Hugging Face T5 checkpoint) or "
+                        "workdir:DIR[@STEP|@best] (a Sora run).")
+    directory = checkpoint_dir(spec)
     config_file = directory / "config.json"
     pretrained = config_from_hf(json.loads(config_file.read_text()), config_file, dtype=config.model.dtype,
                                 param_dtype=config.model.param_dtype, scan_layers=config.model.scan_layers)
@@ -54,8 +96,19 @@ def apply_pretrained_architecture(config: ml_collections.ConfigDict) -> None:
         config.tokenizer.extra_ids = hf_extra_ids(pieces, config.model.vocab_size)
 
 
+def check_source(init_from: str) -> None:
+    """For `workdir:` sources: a SoraError now (before any compile) when the step or checkpoint is missing."""
+    if init_from.startswith(WORKDIR):
+        path, step = parse_workdir_spec(init_from)
+        run = load_workdir(path, step=step, restore=False)
+        run.check_shapes(run.steps[-1] if step is None else step)
+
+
 def load_pretrained_params(init_from: str, model_config: ModelConfig, param_shardings: Any) -> Any:
-    """The checkpoint's params, each placed directly on its shard of the run's mesh."""
+    """The source's params, each placed directly on its shard of the run's mesh."""
+    if init_from.startswith(WORKDIR):
+        path, step = parse_workdir_spec(init_from)
+        return jax.device_put(load_workdir(path, step=step).params, param_shardings)
     _, params, _ = load_hf_t5(checkpoint_dir(init_from), dtype=model_config.dtype,
                               param_dtype=model_config.param_dtype, scan_layers=model_config.scan_layers,
                               shardings=param_shardings)
