@@ -9,11 +9,14 @@ import os
 import shutil
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
+import gcs
 import jax
 import numpy as np
 import portpicker
+from etils import epath
 
 from sora_jax import checkpoint
 
@@ -31,11 +34,13 @@ def env_with_devices(count: int) -> dict[str, str]:
     return {**os.environ, "XLA_FLAGS": f"--xla_force_host_platform_device_count={count}", "PYTHONUNBUFFERED": "1"}
 
 
-def run_two_processes(args: list[str]) -> None:
+def run_two_processes(args: list[str], per_process: Callable[[int], list[str]] = lambda i: [],
+                      extra_env: dict[str, str] | None = None) -> None:
     port = portpicker.pick_unused_port()
-    processes = [subprocess.Popen([*args, f"--coordinator_address=127.0.0.1:{port}", "--num_processes=2",
-                                   f"--process_id={i}"], env=env_with_devices(2), stdout=subprocess.PIPE,
-                                  stderr=subprocess.STDOUT, text=True) for i in range(2)]
+    processes = [subprocess.Popen([*args, *per_process(i), f"--coordinator_address=127.0.0.1:{port}",
+                                   "--num_processes=2", f"--process_id={i}"], env={**env_with_devices(2),
+                                                                                   **(extra_env or {})},
+                                  stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
     outputs = [p.communicate(timeout=400)[0] for p in processes]
     for p, out in zip(processes, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
@@ -77,3 +82,27 @@ def assert_params_close(expected: dict, workdir: Path) -> None:
     params = checkpoint.read_as_numpy(workdir / "checkpoints" / "8" / "state")["params"]
     for x, y in zip(jax.tree.leaves(expected), jax.tree.leaves(params), strict=True):
         np.testing.assert_allclose(x, y, rtol=1e-4, atol=1e-6)
+
+
+def test_two_processes_share_a_bucket_workdir_with_per_host_data_dirs(tmp_path, tfds_dir):
+    # Each "host" prepares its own local copy of the data; the run directory (config, tokenizer trained by
+    # process 0, checkpoints, metrics) is one bucket that both see. Same losses as one process.
+    single = subprocess.run([*command(tfds_dir, tmp_path / "single", 4), "--config.checkpoint_every_steps=4"],
+                            env=env_with_devices(4), capture_output=True, text=True, timeout=400)
+    assert single.returncode == 0, single.stderr[-3000:]
+    bucket_run = f"gs://{gcs.BUCKET}/multi"
+    shared = [a for a in command(tfds_dir, Path("unused"), 4)
+              if not a.startswith(("--workdir", "--config.data.data_dir"))]
+    args = [*shared, f"--workdir={bucket_run}", "--config.checkpoint_ocdbt=false", "--config.checkpoint_every_steps=4"]
+    with gcs.emulator() as url, gcs.pointed_at(url):
+        run_two_processes(args, lambda i: [f"--config.data.data_dir={tmp_path / f'host{i}'}"], gcs.environment(url))
+        run = epath.Path(bucket_run)
+        events = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+        assert (run / "tokenizer.model").read_bytes() == (tmp_path / "single" / "tokenizer.model").read_bytes()
+        assert (run / "checkpoints" / "4" / "commit_success.txt").exists()
+    got = {e["step"]: e["loss"] for e in events if e["split"] == "train"}
+    expected = train_losses(tmp_path / "single")
+    assert sorted(got) == [1, 2, 3, 4]
+    np.testing.assert_allclose([got[s] for s in range(1, 5)], [expected[s] for s in range(1, 5)], rtol=1e-5)
+    for host in ("host0", "host1"):  # Each host prepared its own copy.
+        assert list((tmp_path / host).rglob("dataset_info.json"))
