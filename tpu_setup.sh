@@ -10,6 +10,9 @@
 #   --commands     only print the gcloud commands for the whole life cycle of a TPU VM and exit
 #
 # Environment: SORA_VENV (default ~/.venvs/sora), SORA_DATA_DIR (default ~/tensorflow_datasets),
+# SORA_WORKDIR (a run directory all workers share, e.g. gs://BUCKET/runs/smoke: the smoke check trains there;
+# required on a multi-host slice), SORA_DATA_BUCKET (a bucket holding prepared TFDS data: mounted read-only
+# with gcsfuse at SORA_DATA_DIR, since grain reads ArrayRecord files through the local filesystem),
 # TPU_NAME, ZONE, ACCELERATOR (default v5litepod-16), VERSION (TPU software, default v2-alpha-tpuv5-lite).
 set -euo pipefail
 
@@ -22,7 +25,7 @@ for arg in "$@"; do
     --no-smoke) SMOKE=0 ;;
     --commands) COMMANDS_ONLY=1 ;;
     -h | --help)
-      sed -n '2,14p' "$0"
+      sed -n '2,18p' "$0"
       exit 0
       ;;
     *)
@@ -38,6 +41,11 @@ TPU_NAME="${TPU_NAME:-sora-tpu}"
 ZONE="${ZONE:-us-central2-b}"
 ACCELERATOR="${ACCELERATOR:-v5litepod-16}"
 VERSION="${VERSION:-v2-alpha-tpuv5-lite}"
+WORKDIR="${SORA_WORKDIR:-}"
+DATA_BUCKET="${SORA_DATA_BUCKET:-}"
+# More than one worker hostname: a multi-host slice, whose hosts must share one run directory.
+MULTI_HOST=0
+case "${TPU_WORKER_HOSTNAMES:-}" in *,*) MULTI_HOST=1 ;; esac
 
 run() {
   # Echo each command; execute it unless --dry-run.
@@ -61,7 +69,8 @@ gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command "cd
 # Launch training on all workers (jax.distributed finds the other workers itself):
 gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command \\
     "cd ~/sora && source $VENV/bin/activate && nohup python train.py --config=configs/default.py \\
-     --workdir=gs://YOUR_BUCKET/runs/exp1 --config.model.dtype=bfloat16 > train.log 2>&1 &"
+     --workdir=gs://YOUR_BUCKET/runs/exp1 --config.data.data_dir=$DATA_DIR --config.model.dtype=bfloat16 \\
+     > train.log 2>&1 &"
 # Stop it (a SIGTERM makes Sora save a checkpoint first; run the launch command again to resume):
 gcloud compute tpus tpu-vm ssh $TPU_NAME --zone=$ZONE --worker=all --command "pkill -TERM -f train.py"
 # Delete the VM:
@@ -88,6 +97,18 @@ run "$VENV/bin/python" -m pip install --quiet --upgrade pip
 run "$VENV/bin/python" -m pip install --quiet -e ".[tpu,demo]"
 run mkdir -p "$DATA_DIR"
 
+# Prepared datasets in a bucket: mount it with gcsfuse (as MaxText does for ArrayRecord), read-only, with the
+# file cache that makes grain's random reads fast. Each host mounts it; nothing is copied.
+if [ -n "$DATA_BUCKET" ]; then
+  if ! command -v gcsfuse >/dev/null 2>&1; then
+    run bash -c 'export GCSFUSE_REPO=gcsfuse-$(lsb_release -c -s); echo "deb https://packages.cloud.google.com/apt $GCSFUSE_REPO main" | sudo tee /etc/apt/sources.list.d/gcsfuse.list; curl -fsSL https://packages.cloud.google.com/apt/doc/apt-key.gpg | sudo apt-key add -; sudo apt-get update -q; sudo apt-get install -y -q gcsfuse'
+  fi
+  if ! mountpoint -q "$DATA_DIR" 2>/dev/null; then
+    run gcsfuse --implicit-dirs -o ro --file-cache-max-size-mb=-1 --cache-dir=/tmp/gcsfuse_cache \
+      "${DATA_BUCKET#gs://}" "$DATA_DIR"
+  fi
+fi
+
 # What every run on this VM needs.
 ENV_FILE="$VENV/sora_env.sh"
 if [ "$DRY_RUN" -eq 0 ]; then
@@ -106,7 +127,18 @@ if [ "$SMOKE" -eq 1 ]; then
   # on synthetic data show the devices and the mesh work together.
   run "$VENV/bin/python" -c "import jax; print('jax', jax.__version__, jax.device_count(), 'devices,',
     jax.local_device_count(), 'local, backend', jax.default_backend())"
-  run "$VENV/bin/python" train.py --config=configs/tiny.py:synthetic --workdir="/tmp/sora_smoke_$$" \
+  # One run directory for all workers: a bucket on a multi-host slice (a per-host /tmp would leave hosts 1..N
+  # without process 0's tokenizer and config).
+  SMOKE_WORKDIR="$WORKDIR"
+  if [ -z "$SMOKE_WORKDIR" ]; then
+    if [ "$MULTI_HOST" -eq 1 ]; then
+      echo "error: this is a multi-host slice: set SORA_WORKDIR to a run directory all workers share, e.g." \
+        "SORA_WORKDIR=gs://BUCKET/runs/smoke (or pass --no-smoke)." >&2
+      exit 2
+    fi
+    SMOKE_WORKDIR="/tmp/sora_smoke_$$"
+  fi
+  run "$VENV/bin/python" train.py --config=configs/tiny.py:synthetic --workdir="$SMOKE_WORKDIR" \
     --config.num_train_steps=2 --config.log_every_steps=1 --config.data.task_options.num_examples=512 \
     --config.batch_size=64 --config.data.eval_batch_size=64
 fi

@@ -16,9 +16,9 @@ from sora_jax.compression import providers
 from sora_jax.decoding import DecodeOptions, beam_search, decode
 from sora_jax.errors import SoraError
 from sora_jax.model import PRESETS, EncoderDecoder, ModelConfig, shift_right
-from sora_jax.training.loss import loss_sums
+from sora_jax.model.loss import loss_sums, teacher_forced_logits
 from sora_jax.training.state import TrainState
-from sora_jax.training.step import model_logits, train_step
+from sora_jax.training.step import train_step
 
 # XLA optimisation level 0 keeps the compilations (the bulk of these tests' time) short on CPU.
 jit = functools.partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
@@ -328,7 +328,7 @@ def test_qlora_trains_adapters_over_an_int8_base_and_merges_to_float():
     batch = reverse_batch(101)
 
     def loss_fn(trainable):
-        sums = loss_sums(model_logits(lmodel, compression.join_params(trainable, frozen), batch),
+        sums = loss_sums(teacher_forced_logits(lmodel, compression.join_params(trainable, frozen), batch),
                          batch["decoder_target_tokens"], jnp.ones(batch["decoder_target_tokens"].shape))
         return sums["loss_sum"] / sums["weight_sum"]
 

@@ -11,7 +11,7 @@ import jax.numpy as jnp
 import optax
 
 from sora_jax.errors import SoraError
-from sora_jax.training.loss import token_losses
+from sora_jax.model.loss import token_losses
 
 
 def _check(temperature: Any, alpha: Any) -> None:
