@@ -74,6 +74,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.eval_every_steps = 500
     c.checkpoint_every_steps = 500
     c.keep_checkpoints = 3
+    c.profile_steps = ""  # "10:15": a jax.profiler trace of steps 11..15 in <workdir>/profile; "" = none.
     c.best_metric = ""  # e.g. "exact_match", "bleu" or "loss": also keep the best validation params in <workdir>/best.
 
     c.model = ml_collections.ConfigDict()
@@ -254,6 +255,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(config.optimizer.warmup_steps >= 0, "config.optimizer.warmup_steps must be >= 0.")
     require(0.0 <= config.loss.label_smoothing < 1.0, "config.loss.label_smoothing must be in [0, 1).")
     require(config.tokenizer.vocab_size >= 64, "config.tokenizer.vocab_size must be at least 64.")
+    profile = parse_profile_steps(config.profile_steps)
+    require(profile is None or profile[1] <= config.num_train_steps,
+            f"config.profile_steps={config.profile_steps!r} ends after config.num_train_steps="
+            f"{config.num_train_steps}; choose a range inside the run.")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         automatic = axis == "fsdp" and size == 0
@@ -262,6 +267,26 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"{' (or 0 = automatic)' if axis == 'fsdp' else ''}.")
     require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1,
             "at most one of config.mesh.data/fsdp/tensor may be -1.")
+
+
+def parse_profile_steps(text: str) -> tuple[int, int] | None:
+    """config.profile_steps "START:END" -> (START, END); "" -> None (no trace).
+
+    The trace covers the steps after step START up to and including step END ("10:15": steps 11 to 15).
+    """
+    if not isinstance(text, str):
+        raise SoraError(f"config.profile_steps={text!r} must be a string like \"10:15\" (or \"\" for none).")
+    if not text.strip():
+        return None
+    start, sep, end = text.partition(":")
+    try:
+        bounds = int(start), int(end)
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or not 0 <= bounds[0] < bounds[1]:
+        raise SoraError(f"config.profile_steps={text!r} is not a step range; use \"START:END\" with "
+                        "0 <= START < END, e.g. \"10:15\" traces steps 11 to 15 (\"\" = no trace).")
+    return bounds
 
 
 def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
