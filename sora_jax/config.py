@@ -81,6 +81,7 @@ def base_config() -> ml_collections.ConfigDict:
     # Orbax's OCDBT format (few large files; the default). False writes one zarr folder per array: for storage
     # without conditional writes (the Cloud Storage emulator the tests use lacks the generation numbers OCDBT needs).
     c.checkpoint_ocdbt = True
+    c.profile_steps = ""  # "10:15": a jax.profiler trace of steps 11..15 in <workdir>/profile; "" = none.
     c.best_metric = ""  # e.g. "exact_match", "bleu" or "loss": also keep the best validation params in <workdir>/best.
 
     c.model = ml_collections.ConfigDict()
@@ -296,6 +297,10 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(config.tokenizer.vocab_size >= 64, "config.tokenizer.vocab_size must be at least 64.")
     require(isinstance(config.tokenizer.extra_ids, int) and config.tokenizer.extra_ids >= 0,
             "config.tokenizer.extra_ids must be >= 0 (T5 uses 100 sentinels).")
+    profile = parse_profile_steps(config.profile_steps)
+    require(profile is None or profile[1] <= config.num_train_steps,
+            f"config.profile_steps={config.profile_steps!r} ends after config.num_train_steps="
+            f"{config.num_train_steps}; choose a range inside the run.")
     for axis in ("data", "fsdp", "tensor"):
         size = config.mesh[axis]
         automatic = axis == "fsdp" and size == 0
@@ -309,6 +314,29 @@ def validate(config: ml_collections.ConfigDict) -> None:
 def to_json(config: ml_collections.ConfigDict) -> str:
     """The config as JSON text (readable by people and by `from_saved`)."""
     return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n"
+def parse_profile_steps(text: str) -> tuple[int, int] | None:
+    """config.profile_steps "START:END" -> (START, END); "" -> None (no trace).
+
+    The trace covers the steps after step START up to and including step END ("10:15": steps 11 to 15).
+    """
+    if not isinstance(text, str):
+        raise SoraError(f"config.profile_steps={text!r} must be a string like \"10:15\" (or \"\" for none).")
+    if not text.strip():
+        return None
+    start, sep, end = text.partition(":")
+    try:
+        bounds = int(start), int(end)
+    except ValueError:
+        bounds = None
+    if not sep or bounds is None or not 0 <= bounds[0] < bounds[1]:
+        raise SoraError(f"config.profile_steps={text!r} is not a step range; use \"START:END\" with "
+                        "0 <= START < END, e.g. \"10:15\" traces steps 11 to 15 (\"\" = no trace).")
+    return bounds
+
+
+def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
+    """Write the resolved config as JSON (readable by people and by `load_saved_config`)."""
+    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
 
 
 def _to_tuples(value: Any) -> Any:

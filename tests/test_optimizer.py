@@ -233,7 +233,7 @@ def test_grad_accumulation_matches_full_batch(accumulation_setup):
         np.testing.assert_allclose(p2 - p0, p1 - p0, rtol=1e-3, atol=1e-6)
         deltas.append(float(jnp.abs(p1 - p0).max()))
     assert max(deltas) > 1e-3  # the step moved the parameters, so the comparison means something
-    for key in ("loss", "z_loss", "accuracy", "grad_norm", "tokens"):
+    for key in ("loss", "z_loss", "token_accuracy", "grad_norm", "tokens"):
         np.testing.assert_allclose(m2[key], m1[key], rtol=1e-5, err_msg=key)
     assert float(m1["tokens"]) == 8 + 3 + 6 + 2 + 6 + 1 + 5 + 2
     assert float(m1["learning_rate"]) == pytest.approx(0.5)

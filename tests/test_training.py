@@ -51,7 +51,7 @@ def finished_run(tmp_path_factory, tfds_dir):
     """One tiny run of 30 steps (shared by the tests that only read its results)."""
     workdir = tmp_path_factory.mktemp("finished")
     config = tiny_config(tfds_dir, num_train_steps="30", log_every_steps="5", eval_every_steps="15",
-                         checkpoint_every_steps="15", best_metric="loss")
+                         checkpoint_every_steps="15", best_metric="loss", profile_steps="10:12")
     return workdir, config, run(config, workdir)
 
 
@@ -72,6 +72,10 @@ def test_loss_falls_and_everything_is_written(finished_run):
     assert saved["model"]["d_model"] == 32 and saved["model"]["vocab_size"] % 128 == 0
     assert (workdir / "tokenizer.model").is_file()
     assert any((workdir / "tensorboard").iterdir())
+    # Throughput in every train event; on CPU the peak is unknown, so no MFU.
+    assert all(e["tokens_per_sec"] > 0 and e["tflops_per_device"] > 0 and 0 <= e["token_accuracy"] <= 1
+               and "mfu" not in e for e in train)
+    assert len(list((workdir / "profile").glob("plugins/profile/*/*.xplane.pb"))) == 1
 
 
 def test_best_checkpoint_holds_the_params_of_the_best_validation(finished_run):

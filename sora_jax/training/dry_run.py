@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from typing import Any
 
 import jax
 import jax.numpy as jnp
@@ -15,6 +16,7 @@ from sora_jax.config import VOCAB_MULTIPLE, resolve_model_config
 from sora_jax.data.pipeline import BATCH_KEYS
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.model import params as params_lib
+from sora_jax.training import flops
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
 
@@ -76,7 +78,20 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, int]:
         result["temp_bytes_per_device"] = memory.temp_size_in_bytes
     print(f"batch: {config.batch_size} rows x ({lengths['encoder']} + {lengths['decoder']}) tokens, "
           f"{config.batch_size // sharding.data_parallel_size(mesh)} rows per data-parallel shard")
+    result["flops_per_step"] = _print_flops(config, model_config, mesh)
     return result
 
 
-
+def _print_flops(config: ml_collections.ConfigDict, model_config: Any, mesh: jax.sharding.Mesh) -> float:
+    step = flops.train_step_flops(model_config, config.batch_size, config.data.max_input_length,
+                                  config.data.max_target_length, config.grad_accum_steps)
+    parts = ", ".join(f"{name.replace('_', ' ')} {getattr(step, name) / step.forward:.0%}" for name in
+                      ("encoder_weights", "decoder_weights", "cross_kv", "lm_head", "attention"))
+    amount = f"{step.total / 1e12:,.2f} TFLOP" if step.total >= 1e12 else f"{step.total / 1e9:,.2f} GFLOP"
+    print(f"FLOPs per train step: {amount} (3 x forward; forward: {parts})")
+    kind = jax.devices()[0].device_kind
+    peak = flops.peak_tflops(kind)
+    if peak is not None:
+        floor_ms = step.total / (mesh.devices.size * peak * 1e12) * 1e3
+        print(f"at the {kind} peak of {peak:g} TFLOP/s per device: {floor_ms:.2f} ms per step at 100 % MFU")
+    return step.total

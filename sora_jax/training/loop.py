@@ -24,10 +24,11 @@ from sora_jax.data import builders, pipeline, tasks
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator, format_metrics
 from sora_jax.model import params as params_lib
-from sora_jax.training import pretrained
+from sora_jax.training import flops, pretrained
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
 from sora_jax.training.metrics_log import MetricsLog, Progress, format_duration
+from sora_jax.training.profiling import StepProfiler
 from sora_jax.workdir import Workdir, tokenizer_texts
 
 
@@ -179,8 +180,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
             evaluator = Evaluator(setup.model, task, builder, tokenizer, config.data, mesh,
                                   setup.state_shardings.params, objective=objective)
             train_step = step_lib.compile_train_step(setup, config, mesh)
+            step_flops = flops.train_step_flops(model_config, config.batch_size, config.data.max_input_length,
+                                                config.data.max_target_length, config.grad_accum_steps).total
             with paths.storage_errors(f"training in {work}"):
-                _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, result, work)
+                _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, result, work,
+                            flops_per_step=step_flops)
         return result
     finally:
         try:
@@ -208,10 +212,11 @@ def log_eval(evaluator: Evaluator, log: MetricsLog, step: int, params: Any, spli
 
 def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, train_iter: Any,
                 ckpt: checkpoint.Checkpointer, evaluator: Evaluator, log: MetricsLog, result: RunResult,
-                work: Workdir) -> None:
+                work: Workdir, *, flops_per_step: float | None = None) -> None:
     """Steps from `result.final_step` to the end; fills in `result` (final step, test metrics, preempted)."""
     total, step = config.num_train_steps, result.final_step
-    progress = Progress(total, step)
+    progress = Progress(total, step, flops_per_step=flops_per_step, num_devices=jax.device_count(),
+                        device_kind=jax.devices()[0].device_kind)
     pending: list[tuple[int, Any]] = []  # Device-side metrics since the last log: fetched together.
     last_saved = ckpt.latest_step()
     started = time.perf_counter()
@@ -230,15 +235,18 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
             raise SoraError(f"the training loss, gradients or parameters became NaN or infinite at step "
                             f"{bad_step}; {kept}. Lower config.optimizer.learning_rate, raise warmup_steps, or enable "
                             "gradient clipping.")
-        line, tokens_per_sec = progress.line(step, mean, tokens)
+        line, rates = progress.line(step, mean, tokens)
         log.print(line)
-        log.write(step, "train", {**mean, "tokens_per_sec": tokens_per_sec})
+        log.write(step, "train", {**mean, **rates})
 
-    with _StopSignal() as stop:
+    profiler = StepProfiler(config_lib.parse_profile_steps(config.profile_steps), work.profile_dir)
+    with _StopSignal() as stop, profiler:
         while step < total:
+            profiler.before_step(step)
             batch = sharding.global_batch(next(train_iter), evaluator.mesh)
             state, metrics = train_step(state, batch)
             step += 1
+            profiler.after_step(step, metrics)
             pending.append((step, metrics))
             last = step == total
             stopping = stop.should_stop(step)

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from sora_jax import distributed, paths
 from sora_jax.paths import storage_errors
+from sora_jax.training import flops
 from sora_jax.workdir import Workdir
 
 
@@ -99,31 +100,49 @@ class MetricsLog:
 
 
 class Progress:
-    """One console line per log step: step, loss, accuracy, learning rate, tokens/s, ETA."""
+    """One console line per log step: step, loss, token accuracy, learning rate, throughput, ETA.
 
-    def __init__(self, total_steps: int, start_step: int):
+    With `flops_per_step` (sora_jax.training.flops) the line and the returned rates also carry TFLOP/s per
+    device, and MFU when the device kind's peak is known.
+    """
+
+    def __init__(self, total_steps: int, start_step: int, *, flops_per_step: float | None = None,
+                 num_devices: int = 1, device_kind: str = ""):
         self.total = total_steps
         self._last_step = start_step
         self._last_time = time.perf_counter()
         self._start_time = self._last_time
         self._start_step = start_step
+        self._flops_per_step = flops_per_step
+        self._num_devices = num_devices
+        self._device_kind = device_kind
 
     def exclude_pause(self, seconds: float) -> None:
         """Leave time spent outside training steps (evaluation, checkpointing) out of tokens/s and ETA."""
         self._last_time += seconds
         self._start_time += seconds
 
-    def line(self, step: int, metrics: dict[str, float], tokens: float) -> tuple[str, float]:
-        """The progress line and the measured tokens/s since the previous line."""
+    def line(self, step: int, metrics: dict[str, float], tokens: float) -> tuple[str, dict[str, float]]:
+        """The progress line and the measured rates since the previous line: tokens_per_sec, and with
+        flops_per_step also tflops_per_device and (for a known device kind) mfu."""
         now = time.perf_counter()
         elapsed = max(now - self._last_time, 1e-9)
         steps = max(step - self._last_step, 1)
-        tokens_per_sec = tokens / elapsed
+        rates = {"tokens_per_sec": tokens / elapsed}
         done = max(step - self._start_step, 1)
         eta = (now - self._start_time) / done * (self.total - step)
         self._last_time, self._last_step = now, step
+        throughput = f"{rates['tokens_per_sec'] / 1e3:,.1f}k tok/s"
+        if self._flops_per_step:
+            seconds_per_step = elapsed / steps
+            rates["tflops_per_device"] = self._flops_per_step / seconds_per_step / self._num_devices / 1e12
+            throughput += f" | {rates['tflops_per_device']:.3g} TFLOP/s/device"
+            utilisation = flops.mfu(self._flops_per_step, seconds_per_step, self._num_devices, self._device_kind)
+            if utilisation is not None:
+                rates["mfu"] = utilisation
+                throughput += f" | MFU {100 * utilisation:.1f}%"
         width = len(str(self.total))
-        text = (f"step {step:>{width}}/{self.total} | loss {metrics['loss']:.4f} | acc {metrics['accuracy']:.3f} | "
-                f"lr {metrics['learning_rate']:.2e} | {tokens_per_sec / 1e3:,.1f}k tok/s | "
-                f"{elapsed / steps * 1e3:.0f} ms/step | ETA {format_duration(eta)}")
-        return text, tokens_per_sec
+        text = (f"step {step:>{width}}/{self.total} | loss {metrics['loss']:.4f} | "
+                f"token_accuracy {metrics['token_accuracy']:.3f} | lr {metrics['learning_rate']:.2e} | "
+                f"{throughput} | {elapsed / steps * 1e3:.0f} ms/step | ETA {format_duration(eta)}")
+        return text, rates

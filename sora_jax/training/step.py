@@ -66,7 +66,7 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Encoder
     metrics = {
         "loss": sums["loss_sum"] / weight,
         "z_loss": sums["z_loss_sum"] / weight,
-        "accuracy": sums["correct_sum"] / weight,
+        "token_accuracy": sums["correct_sum"] / weight,
         "grad_norm": optax.tree.norm(grads),
         # One cheap reduction that catches an update which overflowed the params, before they are saved.
         "param_norm": optax.tree.norm(params),
