@@ -306,14 +306,15 @@ register(
 
 
 # --- the user's own files ---------------------------------------------------------------------------------
-def _make_files(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+def _require_files(task: str, options: Mapping[str, Any], what: str) -> None:
     missing = [k for k in ("train_files", "eval_files") if not options.get(k)]
     if missing:
-        raise SoraError(
-            f"task 'files' needs {' and '.join(missing)} (config.data.* or task_options): set them to "
-            "comma-separated globs of TSV "
-            '(input<TAB>target) or JSONL ({"inputs": ..., "targets": ...}) files'
-        )
+        raise SoraError(f"task {task!r} needs {' and '.join(missing)} (config.data.* or task_options): set them to "
+                        f"comma-separated globs of {what} files")
+
+
+def _make_files(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
+    _require_files("files", options, 'TSV (input<TAB>target) or JSONL ({"inputs": ..., "targets": ...})')
     return builders.prepare(
         builders.TextPairsFiles,
         data_dir,
@@ -425,12 +426,7 @@ register(Task(name="zh_pretrain", kind="text", make_builder=_make_zh_pretrain, t
 
 
 def _make_text_files(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
-    missing = [k for k in ("train_files", "eval_files") if not options.get(k)]
-    if missing:
-        raise SoraError(
-            f"task 'text_files' needs {' and '.join(missing)} (config.data.* or task_options): set them to "
-            'comma-separated globs of plain-text or JSONL ({"text": ...}) files'
-        )
+    _require_files("text_files", options, 'plain-text or JSONL ({"text": ...})')
     return builders.prepare(
         builders.TextFiles,
         data_dir,

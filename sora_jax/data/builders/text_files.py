@@ -18,7 +18,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import pathlib
 from collections.abc import Iterator
 from typing import Any
 
@@ -29,22 +28,12 @@ from sora_jax.errors import SoraError
 
 TEXT_FORMATS = ("lines", "paragraphs")
 _TEXT_SUFFIXES = (".txt", ".text", ".md")
-_JSONL_SUFFIXES = (".jsonl", ".ndjson", ".json")
 _GLOB_EXAMPLE = "text/JSONL file globs, e.g. 'corpus/*.txt'"
 
 
 def file_format(path: str) -> str:
     """'text' or 'jsonl' for a data file (see the module docstring)."""
-    suffix = pathlib.Path(path).suffix.lower()
-    if suffix in _TEXT_SUFFIXES:
-        return "text"
-    if suffix in _JSONL_SUFFIXES:
-        return "jsonl"
-    with open(path, "rb") as f:
-        for raw in f:
-            if raw.strip():
-                return "jsonl" if raw.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") else "text"
-    return "text"
+    return text_pairs_files.detect_format(path, "text", _TEXT_SUFFIXES)
 
 
 def _lines(path: str) -> Iterator[tuple[int, str]]:

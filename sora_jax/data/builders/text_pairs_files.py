@@ -53,18 +53,23 @@ def expand_patterns(patterns: str, option: str, example: str = "TSV/JSONL file g
     return tuple(sorted(files))
 
 
-def file_format(path: str) -> str:
-    """'tsv' or 'jsonl' for a data file (see the module docstring)."""
+def detect_format(path: str, plain: str, plain_suffixes: tuple[str, ...]) -> str:
+    """`plain` or 'jsonl' for a data file: by its suffix, else by whether its first non-blank line is an object."""
     suffix = pathlib.Path(path).suffix.lower()
-    if suffix in _TSV_SUFFIXES:
-        return "tsv"
+    if suffix in plain_suffixes:
+        return plain
     if suffix in _JSONL_SUFFIXES:
         return "jsonl"
     with open(path, "rb") as f:
         for raw in f:
             if raw.strip():
-                return "jsonl" if raw.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") else "tsv"
-    return "tsv"
+                return "jsonl" if raw.lstrip(b"\xef\xbb\xbf \t").startswith(b"{") else plain
+    return plain
+
+
+def file_format(path: str) -> str:
+    """'tsv' or 'jsonl' for a data file (see the module docstring)."""
+    return detect_format(path, "tsv", _TSV_SUFFIXES)
 
 
 def _parse_tsv(line: str, where: str) -> tuple[str, str]:
