@@ -157,24 +157,31 @@ def test_checkpoint_saved_on_2x2x2_restores_exactly_onto_another_mesh(tmp_path, 
         assert leaf.sharding.is_equivalent_to(expected, leaf.ndim)
 
 
-def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path, caplog):
+def test_unreadable_latest_checkpoint_falls_back_to_the_previous_one(tmp_path):
     state, _, setup, _ = train_steps({"data": 8, "fsdp": 1, "tensor": 1}, num_steps=1)
-    ckpt = checkpoint.Checkpointer(tmp_path, keep=3)
+    directory = tmp_path / "checkpoints"
+    ckpt = checkpoint.Checkpointer(directory, keep=3)
     ckpt.save(1, state, _dummy_iterator())
     later = state.replace(step=state.step + 1)
     ckpt.save(2, later, _dummy_iterator())
     ckpt.wait()
     # Corrupt every array file of step 2 (as a half-written or damaged disk would).
-    damaged = [p for p in (tmp_path / "2" / "state").rglob("*") if p.is_file() and p.stat().st_size > 0
+    damaged = [p for p in (directory / "2" / "state").rglob("*") if p.is_file() and p.stat().st_size > 0
                and "metadata" not in p.name]
     assert damaged
     for path in damaged:
         path.write_bytes(b"\0" * 7)
     restored, step = ckpt.restore(setup.abstract_state, _dummy_iterator())
-    ckpt.close()
     assert step == 1 and int(restored.step) == int(state.step)
-    assert (tmp_path / "2").exists()  # Left in place for inspection, not deleted.
-    assert "checkpoint" in caplog.text and "could not be read" in caplog.text
+    # Moved aside for inspection (orbax could not save step 2 again otherwise), and said so.
+    assert not (directory / "2").exists() and ckpt.steps() == [1]
+    (aside,) = (tmp_path / "corrupt_checkpoints").iterdir()
+    assert aside.name.startswith("2-") and (aside / "state").is_dir()
+    assert "checkpoint step 2 could not be read" in ckpt.notes[0] and "resumed from step 1" in ckpt.notes[0]
+    ckpt.save(2, later, _dummy_iterator())  # The run can go on past step 2.
+    ckpt.wait()
+    assert ckpt.steps() == [1, 2]
+    ckpt.close()
 
 
 def test_params_only_restore_onto_a_different_mesh(tmp_path):
