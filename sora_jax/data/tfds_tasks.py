@@ -25,7 +25,7 @@ from typing import Any
 import tensorflow_datasets as tfds
 
 from sora_jax.data import builders
-from sora_jax.data.tasks import KINDS, Task
+from sora_jax.data.registry import KINDS, Task, option_flag
 from sora_jax.errors import SoraError
 
 PREFIX = "tfds:"
@@ -142,21 +142,12 @@ def download(spec: str, data_dir: str) -> tfds.core.DatasetBuilder:
     return builder
 
 
-def _option_flag(options: Mapping[str, Any], key: str, default: bool) -> bool:
-    value = options.get(key, default)
-    if isinstance(value, bool | int):
-        return bool(value)
-    if isinstance(value, str) and value.strip().lower() in ("1", "true", "yes", "on", "0", "false", "no", "off"):
-        return value.strip().lower() in ("1", "true", "yes", "on")
-    raise SoraError(f"task_options.{key} must be true or false, got {value!r}: fix the config")
-
-
 def make_builder(spec: str, signature: tuple[Any, ...], data_dir: str, options: Mapping[str, Any]):
     """The prepared builder of a tfds task (a Task.make_builder once `spec` and `signature` are bound)."""
     parsed = parse_spec(spec)
     builder = load_builder(parsed, data_dir)
     if not builders.is_prepared(builder):
-        if not _option_flag(options, "download", False):
+        if not option_flag(options, "download", False):
             raise SoraError(
                 f"{spec} is not prepared in {builder.data_dir} and task_options.download is false: on a machine "
                 f"with network run `python -c \"from sora_jax.data import tfds_tasks; tfds_tasks.download("
