@@ -311,9 +311,6 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "at most one of config.mesh.data/fsdp/tensor may be -1.")
 
 
-def to_json(config: ml_collections.ConfigDict) -> str:
-    """The config as JSON text (readable by people and by `from_saved`)."""
-    return json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n"
 def parse_profile_steps(text: str) -> tuple[int, int] | None:
     """config.profile_steps "START:END" -> (START, END); "" -> None (no trace).
 
@@ -334,9 +331,9 @@ def parse_profile_steps(text: str) -> tuple[int, int] | None:
     return bounds
 
 
-def save_config(config: ml_collections.ConfigDict, path: Path) -> None:
-    """Write the resolved config as JSON (readable by people and by `load_saved_config`)."""
-    path.write_text(json.dumps(config.to_dict(), indent=2, sort_keys=True, default=list) + "\n")
+def to_json(config: ml_collections.ConfigDict, **extra: Any) -> str:
+    """The config (plus `extra` top-level entries) as JSON text, readable by people and by `from_saved`."""
+    return json.dumps({**extra, **config.to_dict()}, indent=2, sort_keys=True, default=list) + "\n"
 
 
 def _to_tuples(value: Any) -> Any:

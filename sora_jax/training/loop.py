@@ -119,10 +119,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
     task = tasks.get_task(config.data.task, options)
     data_dir = work.data_dir(config.data.data_dir)
     paths.check_reachable(data_dir, "config.data.data_dir")
-    # Process 0 prepares first; then every process opens it (a shared data dir is found prepared, a per-host
-    # local one is prepared by each host).
-    distributed.leader_then_all("prepare data", lambda: task.make_builder(str(data_dir), options))
-    builder = task.make_builder(str(data_dir), options)
+    # Process 0 prepares first; then the others open it (a shared data dir is found prepared, a per-host local
+    # one is prepared by each host).
+    made = []
+    distributed.leader_then_all("prepare data", lambda: made.append(task.make_builder(str(data_dir), options)))
+    builder = made[0] if made else task.make_builder(str(data_dir), options)
     train_pairs = pipeline.text_pairs(builders.data_source(builder, "train"), task.to_text_pair)
     tokenizer = work.tokenizer(config.tokenizer, lambda: tokenizer_texts(
         train_pairs, config.tokenizer.max_training_sentences, config.seed), seed=config.seed)

@@ -110,8 +110,7 @@ class Workdir:
                         f"{self.config_file} has model.{name}={saved[name]!r} but this run asks for "
                         f"{resolved.model[name]!r}: the checkpoints here belong to a different model. Use the "
                         "original setting or a new --workdir.")
-        text = json.dumps({FORMAT_KEY: FORMAT, **json.loads(config_lib.to_json(resolved))}, indent=2,
-                          sort_keys=True) + "\n"
+        text = config_lib.to_json(resolved, **{FORMAT_KEY: FORMAT})
         distributed.leader_then_all("config.json", lambda: paths.write_text(self.config_file, text))
         return model_config
 
@@ -134,8 +133,9 @@ class Workdir:
         return load_tokenizer_file(self.tokenizer_file, "the workdir's tokenizer", cfg.extra_ids)
 
     # --- reading a trained run ----------------------------------------------------------------------------
-    def require_run(self) -> None:
-        """A SoraError unless this is the directory of a training run of this Sora version."""
+    def require_run(self) -> dict[str, Any]:
+        """The saved config.json as a dict; a SoraError unless this is the directory of a training run of this
+        Sora version."""
         paths.check_reachable(self.path, "--workdir")
         if not self.path.is_dir():
             raise SoraError(f"workdir {self.path} does not exist; point --workdir at the directory of a training "
@@ -143,7 +143,7 @@ class Workdir:
         if not self.config_file.exists():
             raise SoraError(f"{self.path} has no config.json, so it is not the workdir of a training run; point "
                             "--workdir at the directory train.py was given.")
-        self._read_saved_config()
+        return self._read_saved_config()
 
     def _read_saved_config(self) -> dict[str, Any]:
         try:
@@ -161,8 +161,7 @@ class Workdir:
                                                                               list[str]]:
         """config.json on top of the schema (its types kept), then `overrides` ({"data.max_input_length": 64}
         or command-line text), validated."""
-        self.require_run()
-        config, notes = config_lib.from_saved(self._read_saved_config(), str(self.config_file))
+        config, notes = config_lib.from_saved(self.require_run(), str(self.config_file))
         config_lib.apply_overrides(config, dict(overrides or {}))
         config_lib.validate(config)
         return config, notes
