@@ -99,6 +99,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.train_files = ""  # For the `files` task: comma-separated globs.
     c.data.eval_files = ""
     c.data.task_options = ml_collections.ConfigDict()
+    # Tokens, EOS included; 0 = what the training data needs (99th percentile, a multiple of 8; supervised tasks).
     c.data.max_input_length = 128
     c.data.max_target_length = 16
     c.data.pack = True
@@ -277,7 +278,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.batch_size={config.batch_size} is not divisible by "
             f"config.grad_accum_steps={config.grad_accum_steps}; pick values whose ratio is an integer.")
     data = config.data
-    require(data.max_input_length > 0 and data.max_target_length > 0, "config.data max lengths must be positive.")
+    require(data.max_input_length >= 0 and data.max_target_length >= 0,
+            "config.data max lengths must be positive (or 0: what the training data needs).")
     require(data.eval_batch_size > 0, "config.data.eval_batch_size must be positive.")
     require(data.num_shards >= 0, "config.data.num_shards must be >= 0 (0 = one shard per process).")
     require(data.objective in ("", "span_corruption", "prefix_lm", "ul2"),

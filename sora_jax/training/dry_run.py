@@ -15,6 +15,7 @@ from sora_jax import sharding
 from sora_jax.config import VOCAB_MULTIPLE, resolve_model_config
 from sora_jax.data.pipeline import BATCH_KEYS
 from sora_jax.data.tokenizer import Tokenizer
+from sora_jax.errors import SoraError
 from sora_jax.model import params as params_lib
 from sora_jax.training import flops
 from sora_jax.training import state as state_lib
@@ -44,6 +45,9 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, int]:
     """Print the mesh, every parameter's shape and PartitionSpec, per-device state bytes and the compiled
     train step's memory analysis; return the byte counts (for tests)."""
     config_lib.validate(config)
+    if not (config.data.max_input_length and config.data.max_target_length):
+        raise SoraError("config.data max lengths of 0 are read off the training data, which --dry_run does not "
+                        "open: pass them, e.g. --config.data.max_input_length=128 --config.data.max_target_length=8.")
     mesh = sharding.mesh_from_config(config.mesh)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     model_config = resolve_model_config(config.model, _vocab_size(config))

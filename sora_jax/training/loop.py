@@ -98,6 +98,19 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
                             f"process(es); use a multiple of {np.lcm(dp, processes)}.")
 
 
+def _lengths_from_data(config: ml_collections.ConfigDict, task: Any, train_pairs: Any, tokenizer: Any) -> str:
+    """Fill in a max length configured as 0 with what the training data needs; returns a note saying so."""
+    data = config.data
+    if task.kind == "text" or (data.max_input_length and data.max_target_length):
+        return ""
+    # A classification run then pays for the 8 target positions its labels need, not for 64 empty ones.
+    inputs, targets = pipeline.lengths_from_data(train_pairs, tokenizer)
+    data.max_input_length = data.max_input_length or inputs
+    data.max_target_length = data.max_target_length or targets
+    return (f"lengths from the data: inputs {data.max_input_length} / targets {data.max_target_length} tokens "
+            "(99th percentile of the training split, EOS included, rounded up to a multiple of 8)")
+
+
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunResult:
     """Train (or resume training) `config` in `workdir` (a local path or a bucket URL), evaluate on the test
     split, return the results."""
@@ -127,10 +140,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
     train_pairs = pipeline.text_pairs(builders.data_source(builder, "train"), task.to_text_pair)
     tokenizer = work.tokenizer(config.tokenizer, lambda: tokenizer_texts(
         train_pairs, config.tokenizer.max_training_sentences, config.seed), seed=config.seed)
+    lengths_note = _lengths_from_data(config, task, train_pairs, tokenizer)
     model_config = work.model_config(config, tokenizer.vocab_size)  # Refuses a different model's workdir.
     log = MetricsLog(work)
     log.print(f"workdir {work} | task {task.name} | {len(train_pairs)} training examples | "
               f"mesh {dict(mesh.shape)} | tokenizer {tokenizer.path} ({tokenizer.vocab_size} pieces)")
+    if lengths_note:
+        log.print(lengths_note)
     objective = pipeline.make_objective(config.data, tokenizer) if task.kind == "text" else None
     if objective is None:
         if config.data.objective:
