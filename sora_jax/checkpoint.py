@@ -155,6 +155,10 @@ class Checkpointer:
 
     def save(self, step: int, state: Any, data_iterator: Any) -> None:
         """Start an asynchronous save of `state` and the iterator position (returns before it is written)."""
+        # Ask the bucket first: when it stops answering while orbax creates the step's folder, orbax waits out its
+        # 300 s coordination timeout per item before it reports the error.
+        if paths.is_remote(self.directory) and not paths.bucket_exists(self.directory):
+            raise FileNotFoundError(f"the bucket {paths.bucket_of(self.directory)} is gone")
         self._manager.save(step, args=ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=DataStateSave(data_iterator),

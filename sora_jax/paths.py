@@ -47,9 +47,12 @@ def bucket_of(path: PathLike) -> str:
 
 def quiet_storage_logs() -> None:
     """gcsfs and google-auth warn on every request without application default credentials (expected with a
-    public or emulated bucket, and with credentials found later by the metadata server); keep errors only."""
-    for name in ("gcsfs", "gcsfs.credentials", "google.auth", "google.auth._default", "fsspec"):
+    public or emulated bucket, and with credentials found later by the metadata server); keep errors only.
+    gcsfs also logs a whole traceback when a request runs out of retries; the exception it then raises reaches
+    `storage_errors`, which reports it in one line, so gcsfs's own log is left out."""
+    for name in ("gcsfs.credentials", "google.auth", "google.auth._default", "fsspec"):
         logging.getLogger(name).setLevel(logging.ERROR)
+    logging.getLogger("gcsfs").setLevel(logging.CRITICAL)
 
 
 def check_reachable(path: PathLike, what: str) -> None:
@@ -64,27 +67,33 @@ def check_reachable(path: PathLike, what: str) -> None:
             where = "is a file" if parent == as_path(text) else f"is inside {parent}, which is a file"
             raise SoraError(f"{what} {text} {where}, not a directory; choose another path.")
         return
-    quiet_storage_logs()
     bucket = bucket_of(text)
-
-    def probe() -> bool:
-        return epath.Path(bucket).exists()
-
-    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
     try:
-        exists = pool.submit(probe).result(timeout=BUCKET_CHECK_TIMEOUT_S)
-    except concurrent.futures.TimeoutError:
+        exists = bucket_exists(text)
+    except TimeoutError:
         raise SoraError(f"{what} {text}: the bucket {bucket} did not answer within {BUCKET_CHECK_TIMEOUT_S:.0f} s; "
                         "check the network and credentials (gcloud auth application-default login).") from None
     except Exception as e:  # noqa: BLE001 - any failure of the first request means the bucket is unusable.
         raise SoraError(f"{what} {text}: cannot reach the bucket {bucket} ({type(e).__name__}: "
                         f"{first_line(e)}); check its name and this machine's credentials "
                         "(gcloud auth application-default login).") from None
-    finally:
-        pool.shutdown(wait=False)
     if not exists:
         raise SoraError(f"{what} {text}: the bucket {bucket} does not exist or these credentials cannot see it; "
                         f"create it (gcloud storage buckets create {bucket}) or fix the name.")
+
+
+def bucket_exists(path: PathLike) -> bool:
+    """Whether the bucket of `path` exists, asked with one request that may take BUCKET_CHECK_TIMEOUT_S at most
+    (TimeoutError after that; the storage client's own error when the request fails)."""
+    quiet_storage_logs()
+    bucket = bucket_of(path)
+    pool = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    try:
+        return pool.submit(lambda: epath.Path(bucket).exists()).result(timeout=BUCKET_CHECK_TIMEOUT_S)
+    except concurrent.futures.TimeoutError:
+        raise TimeoutError(f"the bucket {bucket} did not answer within {BUCKET_CHECK_TIMEOUT_S:.0f} s") from None
+    finally:
+        pool.shutdown(wait=False)
 
 
 def first_line(error: BaseException) -> str:
@@ -141,9 +150,13 @@ def read_text_or_none(path: epath.Path) -> Any:
     return path.read_text(encoding="utf-8") if path.exists() else None
 
 
+class StorageUnreachable(SoraError):
+    """A read or write of a run's storage failed: writes still in flight to it may never finish."""
+
+
 @contextlib.contextmanager
 def storage_errors(what: str) -> Iterator[None]:
-    """Turn a failing read or write of a (remote) file into one SoraError line that says what failed."""
+    """Turn a failing read or write of a (remote) file into one StorageUnreachable line that says what failed."""
     try:
         yield
     except SoraError:
@@ -151,7 +164,7 @@ def storage_errors(what: str) -> Iterator[None]:
     except Exception as e:
         if not is_storage_error(e):
             raise
-        raise SoraError(f"{what} failed ({type(e).__name__}: {first_line(e)}); the storage is unreachable or "
+        raise StorageUnreachable(f"{what} failed ({type(e).__name__}: {first_line(e)}); the storage is unreachable or "
                         "refused the write. The last committed checkpoint is intact: run the same command again "
                         "to resume once the storage is back.") from None
 

@@ -114,3 +114,35 @@ def test_bucket_run_killed_resumes_bitwise_then_serves_from_the_bucket(emulator,
     _, params, _ = load_hf_t5(tmp_path / "hf")
     for x, y in zip(leaves(got["params"]), leaves(params), strict=True):
         np.testing.assert_array_equal(x, y)
+
+
+def test_bucket_lost_mid_run_stops_with_one_line_and_the_run_resumes_when_it_is_back(tmp_path, tfds_dir):
+    store = tmp_path / "store"  # The emulator keeps its objects here, so they survive its restart.
+    store.mkdir()
+    run = f"gs://{gcs.BUCKET}/runs/lost"
+    out, err = tmp_path / "stdout", tmp_path / "stderr"  # Files, not pipes: a full pipe would stall the run.
+    with gcs.emulator(in_memory=False, data_dir=str(store)) as url, gcs.pointed_at(url):
+        with open(out, "w") as stdout, open(err, "w") as stderr:
+            process = subprocess.Popen(command(run, tfds_dir, 60), env=env(url), stdout=stdout, stderr=stderr)
+        committed = epath.Path(run) / "checkpoints" / "4" / "commit_success.txt"
+        deadline = time.monotonic() + 900
+        while not committed.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert committed.exists(), err.read_text()[-3000:]
+    lost_at = time.monotonic()  # The emulator is gone: the bucket stops answering mid-run.
+    process.wait(timeout=300)
+    assert time.monotonic() - lost_at < 200  # Never a hang (orbax alone waits 300 s per item).
+    assert process.returncode == 2, err.read_text()[-3000:]
+    last = err.read_text().strip().splitlines()[-1]
+    assert last.startswith("error: ") and "the storage is unreachable" in last, last
+    assert "run the same command again to resume" in last, last
+    assert "step 60/60" not in out.read_text()
+    assert "Traceback" not in err.read_text()  # The storage client's own retry log is not shown either.
+
+    # The bucket is back: the same command resumes from a committed checkpoint and finishes.
+    with gcs.emulator(in_memory=False, data_dir=str(store)) as url, gcs.pointed_at(url):
+        resumed = subprocess.run(command(run, tfds_dir, 60), env=env(url), capture_output=True, text=True,
+                                 timeout=600)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        assert "resumed from checkpoint step " in resumed.stdout
+        assert f"checkpoints: {run}/checkpoints (step 60)" in resumed.stdout

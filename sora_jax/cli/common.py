@@ -46,9 +46,17 @@ def run_cli(body: Callable[[], int]) -> int:
     """Run a CLI body: SoraError -> 'error: <message>' on stderr and exit status 2."""
     start()
     from sora_jax.errors import SoraError
+    from sora_jax.paths import StorageUnreachable
 
     try:
         return body()
+    except StorageUnreachable as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        sys.stdout.flush()
+        # Checkpoint writes still in flight to the lost storage run in orbax's non-daemon threads, which the
+        # interpreter would wait for at exit (tensorstore retries for many minutes): nothing more can be written
+        # there, so leave now.
+        os._exit(2)
     except SoraError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2

@@ -186,6 +186,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
     log.print(f"model: {params_lib.count(state.params):,} parameters ({model_config.d_model} wide, "
               f"{model_config.num_encoder_layers}+{model_config.num_decoder_layers} layers)")
     result = RunResult(work.path, int(jax.device_get(state.step)), {}, ckpt.directory, resumed_from)
+    storage_lost = False
     try:
         if result.final_step >= config.num_train_steps:
             result.test_metrics = work.last_metrics("test")
@@ -203,14 +204,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
                 _train_loop(config, state, train_step, train_iter, ckpt, evaluator, log, result, work,
                             flops_per_step=step_flops)
         return result
+    except paths.StorageUnreachable:
+        storage_lost = True
+        raise
     finally:
-        try:
-            ckpt.close()
-            log.close()
-        finally:
-            if jax.process_count() > 1:
-                # Leave together: jax's shutdown barrier fails a process that waits too long for the others.
-                multihost_utils.sync_global_devices("sora_run_end")
+        # Waiting for writes still in flight to a storage that is gone would hang for many minutes (orbax waits
+        # for its commit threads, tensorstore retries): the error is reported without them.
+        if not storage_lost:
+            try:
+                ckpt.close()
+                log.close()
+            finally:
+                if jax.process_count() > 1:
+                    # Leave together: jax's shutdown barrier fails a process that waits too long for the others.
+                    multihost_utils.sync_global_devices("sora_run_end")
 
 
 def log_eval(evaluator: Evaluator, log: MetricsLog, step: int, params: Any, split: str, *, max_examples: int = 0,
