@@ -13,6 +13,7 @@ from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from sora_jax.data import objectives
 from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
@@ -221,6 +222,9 @@ def batched(examples: grain.IterDataset, *, batch_size: int, max_input_length: i
         rows = examples.map(PadExample(max_input_length, max_target_length))
     batches = rows.batch(batch_size, drop_remainder=True).map(ToModelBatch())
     if num_workers > 0:
+        # grain reads absl flags when it starts workers; Sora parses its own command line, not absl's.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
         # Everything above runs in the workers; the batches depend on num_workers (each reads its own slice),
         # so a run resumes with the same number.
         return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
@@ -308,7 +312,13 @@ class ShardedBatches:
 
     def set_shard_states(self, states: dict[int, Any]) -> None:
         for shard, it in self._iterators.items():
-            it.set_state(states[shard])
+            try:
+                it.set_state(states[shard])
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                # The state's layout follows the pipeline's: another mixture, packing or worker count.
+                raise SoraError(f"the saved data position of shard {shard} does not fit this input pipeline "
+                                f"({type(e).__name__}: {e}); resume with the config.data settings it was saved "
+                                "with (mixture, pack, num_workers).") from e
 
 
 def sharded_train_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, global_batch_size: int,
