@@ -114,15 +114,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.objective = ""
     c.data.noise_density = 0.15
     c.data.mean_noise_span_length = 3.0
-    # A mixture of tasks (replaces data.task): ({"task": NAME, "rate": NUMBER, "options": {...}}, ...); "options"
-    # (optional) update data.task_options for that task. See sora_jax/data/mixture.py.
-    c.data.mixture = ()
-    c.data.mixture_rate = "fixed"  # fixed: the entries' rates | proportional: T5's examples-proportional rates.
-    c.data.mixture_maximum = 0  # proportional: rate = min(examples, maximum) ** (1 / temperature); 0 = no cap.
+    c.data.mixture = ()  # Replaces data.task: ({"task": NAME, "rate": NUMBER, "options": {...}}, ...); data/mixture.py.
+    c.data.mixture_rate = "fixed"  # fixed: the entries' rates | proportional: T5's examples-proportional rates,
+    c.data.mixture_maximum = 0  # min(examples, maximum) ** (1 / temperature); maximum 0 = no cap.
     c.data.mixture_temperature = 1.0
-    # Grain worker processes that tokenize, denoise, mix and pack (0 = a thread of the training process). The
-    # batches depend on it: resume with the same number.
-    c.data.num_workers = 0
+    c.data.num_workers = 0  # Grain worker processes making the batches (0 = a thread); resume with the same number.
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.model_path = ""  # "" = train one on the training split, cached in the workdir.
@@ -297,9 +293,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
     require(isinstance(data.num_workers, int) and data.num_workers >= 0,
             f"config.data.num_workers={data.num_workers!r} must be >= 0 (0 = no worker processes).")
     if data.mixture:
-        from sora_jax.data import mixture  # Loads the task registry only for a mixture.
+        from sora_jax.data.mixture import component_specs  # The task registry is loaded only for a mixture.
 
-        mixture.component_specs(data)
+        component_specs(data)
     require(config.rng_impl in ("threefry2x32", "rbg", "unsafe_rbg"),
             f"config.rng_impl={config.rng_impl!r}: use threefry2x32, rbg or unsafe_rbg.")
     require(config.optimizer.name in ("adamw", "adafactor", "sgd"),
