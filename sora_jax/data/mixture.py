@@ -91,6 +91,8 @@ def component_specs(data_cfg: Any) -> list[ComponentSpec]:
     specs, seen = [], set()
     for i, entry in enumerate(entries):
         where = f"config.data.mixture[{i}]"
+        if hasattr(entry, "to_dict"):  # An ml_collections.ConfigDict entry.
+            entry = entry.to_dict()
         if not isinstance(entry, Mapping):
             raise SoraError(f"{where} must be a mapping like {{'task': NAME, 'rate': NUMBER}}, got {entry!r}.")
         for key in entry:
