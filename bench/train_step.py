@@ -260,7 +260,7 @@ def bench_pipeline(args: argparse.Namespace, dtype: str) -> list[tuple]:
     """The default config: real input pipeline + step vs the step alone on one pre-built batch."""
     from sora_jax.data import builders, pipeline
     from sora_jax.data.tasks import get_task
-    from sora_jax.training.workdir import Workdir
+    from sora_jax.workdir import Workdir, tokenizer_texts
 
     config = config_lib.load_config_file(str(Path(__file__).resolve().parents[1] / "configs" / "default.py"))
     config.model.dtype = dtype
@@ -269,10 +269,9 @@ def bench_pipeline(args: argparse.Namespace, dtype: str) -> list[tuple]:
     builder = task.make_builder(args.data_dir, options)
     pairs = pipeline.text_pairs(builders.data_source(builder, "train"), task.to_text_pair)
     work = Workdir(Path(args.data_dir) / "workdir")
-    tokenizer = work.tokenizer(config.tokenizer, pairs, seed=config.seed)
-    from sora_jax.training.workdir import resolve_model_config
-
-    cfg = resolve_model_config(config.model, tokenizer.vocab_size)
+    tokenizer = work.tokenizer(config.tokenizer, lambda: tokenizer_texts(
+        pairs, config.tokenizer.max_training_sentences, config.seed), seed=config.seed)
+    cfg = config_lib.resolve_model_config(config.model, tokenizer.vocab_size)
     trainer = SoraTrainer(cfg, config)
     compiled, _ = trainer.compile()
     state = [state_lib.init_train_state(trainer.setup.init_params, trainer.setup.tx, trainer.setup.state_shardings,

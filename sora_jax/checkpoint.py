@@ -280,7 +280,7 @@ class BestCheckpoint:
     def __init__(self, directory: paths.PathLike, metric: str, *, use_ocdbt: bool = True):
         self.directory, self.metric = paths.as_path(directory), metric
         self._use_ocdbt = use_ocdbt
-        self.lower_is_better = metric == "loss"
+        self.lower_is_better = metric.rsplit("/", 1)[-1] == "loss"  # "loss" or a mixture task's "<task>/loss".
         self.step, self.value = None, None
         info = self._info(self.directory)
         if info is not None and info.get("metric") == metric:

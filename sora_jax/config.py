@@ -115,6 +115,11 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.objective = ""
     c.data.noise_density = 0.15
     c.data.mean_noise_span_length = 3.0
+    c.data.mixture = ()  # Replaces data.task: ({"task": NAME, "rate": NUMBER, "options": {...}}, ...); data/mixture.py.
+    c.data.mixture_rate = "fixed"  # fixed: the entries' rates | proportional: T5's examples-proportional rates,
+    c.data.mixture_maximum = 0  # min(examples, maximum) ** (1 / temperature); maximum 0 = no cap.
+    c.data.mixture_temperature = 1.0
+    c.data.num_workers = 0  # Grain worker processes making the batches (0 = a thread); resume with the same number.
 
     c.tokenizer = ml_collections.ConfigDict()
     c.tokenizer.model_path = ""  # "" = train one on the training split, cached in the workdir.
@@ -287,6 +292,12 @@ def validate(config: ml_collections.ConfigDict) -> None:
             "supervised task).")
     require(0.0 < data.noise_density < 1.0, f"config.data.noise_density={data.noise_density} must be in (0, 1).")
     require(data.mean_noise_span_length > 0, "config.data.mean_noise_span_length must be positive.")
+    require(isinstance(data.num_workers, int) and data.num_workers >= 0,
+            f"config.data.num_workers={data.num_workers!r} must be >= 0 (0 = no worker processes).")
+    if data.mixture:
+        from sora_jax.data.mixture import component_specs  # The task registry is loaded only for a mixture.
+
+        component_specs(data)
     require(config.rng_impl in ("threefry2x32", "rbg", "unsafe_rbg"),
             f"config.rng_impl={config.rng_impl!r}: use threefry2x32, rbg or unsafe_rbg.")
     require(config.optimizer.name in ("adamw", "adafactor", "sgd"),

@@ -56,10 +56,13 @@ def main(argv: Sequence[str] | None = None) -> int:
         config_lib.apply_overrides(config, overrides)
         config_lib.validate(config)
         distributed.initialize(args.coordinator_address, args.num_processes, args.process_id)
+        workdir = args.workdir or default_workdir(args.config)
         if args.dry_run:
-            dry_run(config)
+            from sora_jax.workdir import Workdir
+
+            dry_run(config, str(Workdir(workdir).data_dir(config.data.data_dir)))
             return 0
-        run(config, args.workdir or default_workdir(args.config))
+        run(config, workdir)
         return 0
 
     return run_cli(body)

@@ -8,11 +8,12 @@ the same number of steps (the compiled step is a collective).
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from typing import Any
 
 import grain
 import numpy as np
+from absl import flags
 
 from sora_jax.data import objectives
 from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
@@ -191,24 +192,43 @@ def lengths_from_data(pairs: grain.MapDataset, tokenizer: Tokenizer, *, percenti
 def train_dataset(pairs: grain.MapDataset, tokenizer: Tokenizer, *, batch_size: int, max_input_length: int,
                   max_target_length: int, pack: bool, num_packing_bins: int, seed: int,
                   process_index: int = 0, process_count: int = 1,
-                  objective: Objective | None = None) -> grain.IterDataset:
+                  objective: Objective | None = None, num_workers: int = 0) -> grain.IterDataset:
     """Endless, shuffled (a new order each epoch), packed or padded batches of this process's shard.
 
     `batch_size` is this process's share of the global batch. With an `objective`, `pairs` are documents
     ({"text"}) that the objective turns into examples. Iterate it with `iter(...)`; the iterator's
     `get_state()`/`set_state()` make it resumable exactly.
     """
+    examples = shard_examples(pairs, tokenizer, max_input_length=max_input_length,
+                              max_target_length=max_target_length, seed=seed, process_index=process_index,
+                              process_count=process_count, objective=objective)
+    return batched(examples, batch_size=batch_size, max_input_length=max_input_length,
+                   max_target_length=max_target_length, pack=pack, num_packing_bins=num_packing_bins, seed=seed,
+                   num_workers=num_workers)
+
+
+def shard_examples(pairs: grain.MapDataset, tokenizer: Tokenizer, *, max_input_length: int, max_target_length: int,
+                   seed: int, process_index: int = 0, process_count: int = 1, objective: Objective | None = None,
+                   what: str = "training examples", read_options: grain.ReadOptions | None = None) -> grain.IterDataset:
+    """Endless tokenized {"inputs", "targets"} examples of shard `process_index` of `process_count`, shuffled
+    anew each epoch (documents through `objective` when given); `read_options` set the reading threads
+    (grain's default: 16 threads, 500 examples ahead)."""
     shard = pairs[process_index::process_count]
     if len(shard) == 0:
-        raise SoraError(f"process {process_index} of {process_count} got no training examples: the training "
+        raise SoraError(f"process {process_index} of {process_count} got no {what}: the training "
                         "split is smaller than the number of processes.")
     shuffled = shard.shuffle(seed=seed).repeat(None)
     if objective is not None:
-        examples = objective.examples(shuffled.map(TokenizeText(tokenizer)).to_iter_dataset(),
-                                      max_input_length=max_input_length, max_target_length=max_target_length,
-                                      seed=seed)
-    else:
-        examples = shuffled.map(TokenizePair(tokenizer, max_input_length, max_target_length)).to_iter_dataset()
+        return objective.examples(shuffled.map(TokenizeText(tokenizer)).to_iter_dataset(read_options),
+                                  max_input_length=max_input_length, max_target_length=max_target_length,
+                                  seed=seed)
+    return shuffled.map(TokenizePair(tokenizer, max_input_length, max_target_length)).to_iter_dataset(read_options)
+
+
+def batched(examples: grain.IterDataset, *, batch_size: int, max_input_length: int, max_target_length: int,
+            pack: bool, num_packing_bins: int, seed: int, num_workers: int = 0) -> grain.IterDataset:
+    """Examples -> packed (or padded) rows -> model batches of `batch_size` rows, prepared ahead: by a thread,
+    or with `num_workers` > 0 by that many grain worker processes (the state stays exact either way)."""
     if pack:
         rows = grain.experimental.FirstFitPackIterDataset(
             examples,
@@ -220,6 +240,13 @@ def train_dataset(pairs: grain.MapDataset, tokenizer: Tokenizer, *, batch_size: 
     else:
         rows = examples.map(PadExample(max_input_length, max_target_length))
     batches = rows.batch(batch_size, drop_remainder=True).map(ToModelBatch())
+    if num_workers > 0:
+        # grain reads absl flags when it starts workers; Sora parses its own command line, not absl's.
+        if not flags.FLAGS.is_parsed():
+            flags.FLAGS.mark_as_parsed()
+        # Everything above runs in the workers; the batches depend on num_workers (each reads its own slice),
+        # so a run resumes with the same number.
+        return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
     # A background thread prepares the next batches while the device computes (the state stays exact).
     return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=2)
 
@@ -254,8 +281,6 @@ def eval_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, global_batch_
         rows += [pad.map(empty)] * (local_size - len(rows))
         stacked = ToModelBatch().map({k: np.stack([r[k] for r in rows]) for k in rows[0]})
         yield EvalBatch(stacked, [t["inputs"] for t in texts], [t["targets"] for t in texts])
-
-
 
 
 def text_eval_batches(docs: grain.MapDataset, tokenizer: Tokenizer, objective: Objective, *, global_batch_size: int,
@@ -306,19 +331,32 @@ class ShardedBatches:
 
     def set_shard_states(self, states: dict[int, Any]) -> None:
         for shard, it in self._iterators.items():
-            it.set_state(states[shard])
+            try:
+                it.set_state(states[shard])
+            except (KeyError, IndexError, TypeError, ValueError) as e:
+                # The state's layout follows the pipeline's: another mixture, packing or worker count.
+                raise SoraError(f"the saved data position of shard {shard} does not fit this input pipeline "
+                                f"({type(e).__name__}: {e}); resume with the config.data settings it was saved "
+                                "with (mixture, pack, num_workers).") from e
 
 
 def sharded_train_batches(pairs: grain.MapDataset, tokenizer: Tokenizer, *, global_batch_size: int,
                           num_shards: int, process_index: int, process_count: int, **options: Any) -> ShardedBatches:
     """This process's part of every global training batch (see ShardedBatches); `options` go to train_dataset."""
+    return sharded_batches(
+        lambda shard, rows: train_dataset(pairs, tokenizer, batch_size=rows, process_index=shard,
+                                          process_count=num_shards, **options),
+        global_batch_size=global_batch_size, num_shards=num_shards, process_index=process_index,
+        process_count=process_count)
+
+
+def sharded_batches(make_shard: Callable[[int, int], grain.IterDataset], *, global_batch_size: int, num_shards: int,
+                    process_index: int, process_count: int) -> ShardedBatches:
+    """ShardedBatches over this process's shards; `make_shard(shard, rows)` is the dataset of one shard, making
+    `rows` rows per batch."""
     if num_shards % process_count or global_batch_size % num_shards:
         raise SoraError(f"config.data.num_shards={num_shards} must be a multiple of the {process_count} processes "
                         f"and divide batch_size={global_batch_size}.")
     per_process = num_shards // process_count
     owned = range(process_index * per_process, (process_index + 1) * per_process)
-    return ShardedBatches({
-        shard: iter(train_dataset(pairs, tokenizer, batch_size=global_batch_size // num_shards,
-                                  process_index=shard, process_count=num_shards, **options))
-        for shard in owned
-    })
+    return ShardedBatches({shard: iter(make_shard(shard, global_batch_size // num_shards)) for shard in owned})

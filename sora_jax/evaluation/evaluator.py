@@ -33,17 +33,20 @@ class Evaluator:
 
     def __init__(self, model: EncoderDecoder, task: Task, builder: Any, tokenizer: Tokenizer, data_cfg: Any,
                  mesh: jax.sharding.Mesh, param_shardings: Any, *, decode_options: DecodeOptions | None = None,
-                 objective: pipeline.Objective | None = None):
+                 objective: pipeline.Objective | None = None, share_with: Evaluator | None = None):
         self.model, self.task, self.tokenizer, self.mesh = model, task, tokenizer, mesh
         self._builder = builder
         self._data_cfg = data_cfg
         self.objective = objective
-        self._eval_step = compile_eval_step(model, param_shardings, mesh)
+        if share_with is not None:  # Another task of the same model (a mixture): reuse its compiled steps.
+            self._eval_step, self._decoder = share_with._eval_step, share_with._decoder
+        else:
+            self._eval_step = compile_eval_step(model, param_shardings, mesh)
+            self._decoder = Decoder(model, param_shardings, mesh)
         if decode_options is None:
             decode_options = DecodeOptions(
                 method="greedy", max_length=default_max_length(task, tokenizer, data_cfg.max_target_length))
         self.decode_options = decode_options
-        self._decoder = Decoder(model, param_shardings, mesh)
 
     @property
     def splits(self) -> list[str]:

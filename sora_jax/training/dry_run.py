@@ -1,4 +1,8 @@
-"""`train.py --dry_run`: what a config would put on each device, without data, training or checkpoints."""
+"""`train.py --dry_run`: what a config would put on each device, without training or checkpoints.
+
+No data is read, except for a mixture (config.data.mixture): its tasks are prepared in the data dir so that
+the table shows each task's training examples and rate (proportional rates need the counts).
+"""
 
 from __future__ import annotations
 
@@ -13,6 +17,7 @@ import numpy as np
 from sora_jax import config as config_lib
 from sora_jax import sharding
 from sora_jax.config import VOCAB_MULTIPLE, resolve_model_config
+from sora_jax.data import mixture, tasks
 from sora_jax.data.pipeline import BATCH_KEYS
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
@@ -41,13 +46,16 @@ def _gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.3f} GiB"
 
 
-def dry_run(config: ml_collections.ConfigDict) -> dict[str, int]:
-    """Print the mesh, every parameter's shape and PartitionSpec, per-device state bytes and the compiled
-    train step's memory analysis; return the byte counts (for tests)."""
+def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, int]:
+    """Print the mixture (if any), the mesh, every parameter's shape and PartitionSpec, per-device state bytes
+    and the compiled train step's memory analysis; return the byte counts (for tests). `data_dir` is where a
+    mixture's tasks are prepared when config.data.data_dir is empty."""
     config_lib.validate(config)
     if not (config.data.max_input_length and config.data.max_target_length):
         raise SoraError("config.data max lengths of 0 are read off the training data, which --dry_run does not "
                         "open: pass them, e.g. --config.data.max_input_length=128 --config.data.max_target_length=8.")
+    if config.data.mixture:
+        _print_mixture(config, config.data.data_dir or data_dir)
     mesh = sharding.mesh_from_config(config.mesh)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     model_config = resolve_model_config(config.model, _vocab_size(config))
@@ -84,6 +92,15 @@ def dry_run(config: ml_collections.ConfigDict) -> dict[str, int]:
           f"{config.batch_size // sharding.data_parallel_size(mesh)} rows per data-parallel shard")
     result["flops_per_step"] = _print_flops(config, model_config, mesh)
     return result
+
+
+def _print_mixture(config: ml_collections.ConfigDict, data_dir: str) -> None:
+    if not data_dir:
+        raise SoraError("a --dry_run of a mixture prepares its tasks: set config.data.data_dir (or --workdir).")
+    components = mixture.open_components(config.data, data_dir, tasks.config_options(config.data))
+    print(f"mixture of {len(components)} tasks ({config.data.mixture_rate} rates), data in {data_dir}:")
+    for line in mixture.describe(components):
+        print(line)
 
 
 def _print_flops(config: ml_collections.ConfigDict, model_config: Any, mesh: jax.sharding.Mesh) -> float:

@@ -18,18 +18,17 @@ import tensorflow_datasets as tfds
 from etils import epath
 from jax.experimental import multihost_utils
 
-from sora_jax import checkpoint, distributed, paths, sharding
+from sora_jax import checkpoint, paths, sharding
 from sora_jax import config as config_lib
-from sora_jax.data import builders, pipeline, tasks
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator, format_metrics
 from sora_jax.model import params as params_lib
-from sora_jax.training import flops, pretrained
+from sora_jax.training import flops, pretrained, run_data
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
 from sora_jax.training.metrics_log import MetricsLog, Progress, format_duration
 from sora_jax.training.profiling import StepProfiler
-from sora_jax.workdir import Workdir, tokenizer_texts
+from sora_jax.workdir import Workdir
 
 
 @dataclasses.dataclass
@@ -98,19 +97,6 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
                             f"process(es); use a multiple of {np.lcm(dp, processes)}.")
 
 
-def _lengths_from_data(config: ml_collections.ConfigDict, task: Any, train_pairs: Any, tokenizer: Any) -> str:
-    """Fill in a max length configured as 0 with what the training data needs; returns a note saying so."""
-    data = config.data
-    if task.kind == "text" or (data.max_input_length and data.max_target_length):
-        return ""
-    # A classification run then pays for the 8 target positions its labels need, not for 64 empty ones.
-    inputs, targets = pipeline.lengths_from_data(train_pairs, tokenizer)
-    data.max_input_length = data.max_input_length or inputs
-    data.max_target_length = data.max_target_length or targets
-    return (f"lengths from the data: inputs {data.max_input_length} / targets {data.max_target_length} tokens "
-            "(99th percentile of the training split, EOS included, rounded up to a multiple of 8)")
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunResult:
     """Train (or resume training) `config` in `workdir` (a local path or a bucket URL), evaluate on the test
     split, return the results."""
@@ -128,42 +114,20 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
     work.create()
 
     # Data and tokenizer: shared artifacts are made by process 0 while the others wait (see distributed).
-    options = tasks.config_options(config.data)
-    task = tasks.get_task(config.data.task, options)
     data_dir = work.data_dir(config.data.data_dir)
     paths.check_reachable(data_dir, "config.data.data_dir")
-    # Process 0 prepares first; then the others open it (a shared data dir is found prepared, a per-host local
-    # one is prepared by each host).
-    made = []
-    distributed.leader_then_all("prepare data", lambda: made.append(task.make_builder(str(data_dir), options)))
-    builder = made[0] if made else task.make_builder(str(data_dir), options)
-    train_pairs = pipeline.text_pairs(builders.data_source(builder, "train"), task.to_text_pair)
-    tokenizer = work.tokenizer(config.tokenizer, lambda: tokenizer_texts(
-        train_pairs, config.tokenizer.max_training_sentences, config.seed), seed=config.seed)
-    lengths_note = _lengths_from_data(config, task, train_pairs, tokenizer)
+    data = run_data.open_data(config, work, str(data_dir))
+    tokenizer = data.tokenizer
+    lengths_note = run_data.fill_lengths_from_data(config, data)
     model_config = work.model_config(config, tokenizer.vocab_size)  # Refuses a different model's workdir.
     log = MetricsLog(work)
-    log.print(f"workdir {work} | task {task.name} | {len(train_pairs)} training examples | "
+    log.print(f"workdir {work} | {data.label} | {data.num_examples} training examples | "
               f"mesh {dict(mesh.shape)} | tokenizer {tokenizer.path} ({tokenizer.vocab_size} pieces)")
     if lengths_note:
         log.print(lengths_note)
-    objective = pipeline.make_objective(config.data, tokenizer) if task.kind == "text" else None
-    if objective is None:
-        if config.data.objective:
-            raise SoraError(f"config.data.objective={config.data.objective} is for unlabelled text tasks; task "
-                            f"{task.name} has inputs and targets: clear it.")
-        log.print(pipeline.length_stats(train_pairs, tokenizer, config.data.max_input_length,
-                                        config.data.max_target_length).describe("train"))
-    else:
-        log.print(f"objective {config.data.objective}: {', '.join(d.name for d in objective.denoisers)} | inputs "
-                  f"{config.data.max_input_length} / targets {config.data.max_target_length} tokens | "
-                  f"{objective.num_sentinels} sentinels")
-    train_iter = pipeline.sharded_train_batches(
-        train_pairs, tokenizer, global_batch_size=config.batch_size,
-        num_shards=config.data.num_shards or jax.process_count(), process_index=jax.process_index(),
-        process_count=jax.process_count(), max_input_length=config.data.max_input_length,
-        max_target_length=config.data.max_target_length, pack=config.data.pack,
-        num_packing_bins=config.data.num_packing_bins, seed=config.seed, objective=objective)
+    for line in data.describe(config.data):
+        log.print(line)
+    train_iter = data.train_batches(config)
 
     # Model, optimizer, and the sharded train state: restored from the newest checkpoint, else initialized.
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)
@@ -195,8 +159,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
                       "to train again.")
             return result
         with sharding.activate(mesh, rules):
-            evaluator = Evaluator(setup.model, task, builder, tokenizer, config.data, mesh,
-                                  setup.state_shardings.params, objective=objective)
+            evaluator = data.evaluator(setup.model, config.data, mesh, setup.state_shardings.params)
             train_step = step_lib.compile_train_step(setup, config, mesh)
             step_flops = flops.train_step_flops(model_config, config.batch_size, config.data.max_input_length,
                                                 config.data.max_target_length, config.grad_accum_steps).total

@@ -124,6 +124,13 @@ def load_workdir(workdir: str | Workdir, overrides: Mapping[str, Any] | None = N
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
     config, notes = workdir.load_config(overrides)
     tokenizer = workdir.load_tokenizer(config)
+    mixed = [entry["task"] for entry in config.data.mixture]
+    if mixed and config.data.task not in mixed and config.data.task == config_lib.base_config().data.task:
+        # A mixture run serves and evaluates one of its tasks at a time (each has its own input format); the
+        # schema's default task is not a choice the user made.
+        notes.append(f"this run trained on a mixture of {', '.join(mixed)}; using its task {mixed[0]} (choose "
+                     "another with --config.data.task=NAME)")
+        config.data.task = mixed[0]
     task = tasks.from_config(config.data)
     model_config = config_lib.resolve_model_config(config.model, tokenizer.vocab_size)
     mesh, mesh_notes = _mesh(config)
