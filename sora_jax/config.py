@@ -63,6 +63,9 @@ SHAPE_FIELDS = (
     "relative_attention_num_buckets", "feed_forward_proj", "tie_word_embeddings", "scan_layers",
 )
 
+# Layers LoRA can adapt (sora_jax/compression/lora.py; the LM head cannot be).
+LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
+
 
 def base_config() -> ml_collections.ConfigDict:
     """Every config key with its default: the schema that config files and overrides are checked against."""
@@ -148,6 +151,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.dcn_fsdp = 1
     c.mesh.dcn_tensor = 1
     c.mesh.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+
+    # Knowledge distillation from a trained teacher (its own architecture, same tokenizer): the loss is
+    # alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * cross-entropy (training/distill.py).
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ""  # "workdir:DIR[@STEP|@best]" or "hf:DIR"; "" = no distillation.
+    c.distill.temperature = 2.0
+    c.distill.alpha = 0.5  # Weight of the soft (teacher) term; 1 = teacher only.
+
+    # LoRA fine-tuning of a pretrained base (config.init_from): only the adapters (and optionally the RMS norm
+    # scales) are trained; checkpoints hold the whole tree, frozen base included.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # 0 = off.
+    c.lora.alpha = 16.0  # Adapter scale alpha / rank.
+    c.lora.targets = LORA_TARGETS
+    c.lora.train_norms = False
     return c
 
 
@@ -309,6 +327,45 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"{' (or 0 = automatic)' if axis == 'fsdp' else ''}.")
     require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1,
             "at most one of config.mesh.data/fsdp/tensor may be -1.")
+    _validate_distill(config.distill, config.loss, require)
+    _validate_lora(config, require)
+
+
+def _validate_distill(distill: ml_collections.ConfigDict, loss: ml_collections.ConfigDict, require: Any) -> None:
+    if not distill.teacher:
+        return
+    require(isinstance(distill.teacher, str) and distill.teacher.startswith(("hf:", "workdir:")),
+            f"config.distill.teacher={distill.teacher!r}: use workdir:DIR[@STEP|@best] (a Sora run) or hf:DIR (a "
+            "Hugging Face T5 checkpoint), or '' for no distillation.")
+    temperature, alpha = distill.temperature, distill.alpha
+    require(isinstance(temperature, int | float) and not isinstance(temperature, bool) and 0 < temperature < 1e6,
+            f"config.distill.temperature={temperature!r} must be a number > 0; use e.g. 2.0.")
+    require(isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0,
+            f"config.distill.alpha={alpha!r} must be in [0, 1]; use e.g. 0.5 (1 = teacher only).")
+    require(loss.label_smoothing == 0.0,
+            f"config.loss.label_smoothing={loss.label_smoothing} with distillation: the teacher's soft targets "
+            "replace label smoothing; set it to 0.")
+
+
+def _validate_lora(config: ml_collections.ConfigDict, require: Any) -> None:
+    lora = config.lora
+    rank = lora.rank
+    require(isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0,
+            f"config.lora.rank={rank!r} must be an integer >= 1 (or 0 = no LoRA); use e.g. 8.")
+    if rank == 0:
+        return
+    require(bool(config.init_from),
+            f"config.lora.rank={rank} needs a pretrained base: set config.init_from=workdir:DIR or hf:DIR (LoRA "
+            "trains adapters on frozen pretrained weights).")
+    require(isinstance(lora.alpha, int | float) and not isinstance(lora.alpha, bool) and 0 < lora.alpha < 1e6,
+            f"config.lora.alpha={lora.alpha!r} must be a number > 0; use e.g. 2 * rank.")
+    targets = lora.targets
+    require(isinstance(targets, tuple | list) and bool(targets) and all(isinstance(t, str) for t in targets),
+            f"config.lora.targets={targets!r} must be a non-empty list of layer names among "
+            f"{', '.join(LORA_TARGETS)}.")
+    unknown = sorted(set(targets) - set(LORA_TARGETS))
+    require(not unknown, f"config.lora.targets: unknown layer(s) {', '.join(unknown)}; choose among "
+            f"{', '.join(LORA_TARGETS)} (the LM head cannot be adapted).")
 
 
 def parse_profile_steps(text: str) -> tuple[int, int] | None:
