@@ -95,7 +95,8 @@ def test_export_merges_the_adapters_into_a_plain_model(lora_dir, tmp_path):
     adapted = lora.lora_model(EncoderDecoder(loaded.model_config), RANK, ALPHA)
     rng = np.random.default_rng(0)
     enc, dec = rng.integers(2, 100, (2, 10)).astype(np.int32), rng.integers(2, 100, (2, 5)).astype(np.int32)
-    lora_logits = adapted.apply({"params": saved}, enc, dec)
+    # jax arrays: with numpy params, qwix 0.1.8's eager LoRA apply silently skips the adapters (measured).
+    lora_logits = adapted.apply({"params": jax.tree.map(jax.numpy.asarray, saved)}, enc, dec)
     plain_logits = EncoderDecoder(loaded.model_config).apply({"params": exported}, enc, dec)
     np.testing.assert_allclose(np.asarray(plain_logits), np.asarray(lora_logits), atol=2e-5, rtol=1e-5)
     # eval and predict load the LoRA workdir as that same plain model.
