@@ -19,7 +19,9 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from sora_jax import fine_tuning_config
 from sora_jax.errors import SoraError
+from sora_jax.fine_tuning_config import LORA_TARGETS
 from sora_jax.model import PRESETS, ModelConfig
 
 VOCAB_MULTIPLE = 128  # Embedding rows are padded to a multiple of this, which shards and tiles well.
@@ -62,9 +64,6 @@ SHAPE_FIELDS = (
     "vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers", "num_decoder_layers",
     "relative_attention_num_buckets", "feed_forward_proj", "tie_word_embeddings", "scan_layers",
 )
-
-# Layers LoRA can adapt (sora_jax/compression/lora.py; the LM head cannot be).
-LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 
 
 def base_config() -> ml_collections.ConfigDict:
@@ -327,45 +326,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"{' (or 0 = automatic)' if axis == 'fsdp' else ''}.")
     require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1,
             "at most one of config.mesh.data/fsdp/tensor may be -1.")
-    _validate_distill(config.distill, config.loss, require)
-    _validate_lora(config, require)
-
-
-def _validate_distill(distill: ml_collections.ConfigDict, loss: ml_collections.ConfigDict, require: Any) -> None:
-    if not distill.teacher:
-        return
-    require(isinstance(distill.teacher, str) and distill.teacher.startswith(("hf:", "workdir:")),
-            f"config.distill.teacher={distill.teacher!r}: use workdir:DIR[@STEP|@best] (a Sora run) or hf:DIR (a "
-            "Hugging Face T5 checkpoint), or '' for no distillation.")
-    temperature, alpha = distill.temperature, distill.alpha
-    require(isinstance(temperature, int | float) and not isinstance(temperature, bool) and 0 < temperature < 1e6,
-            f"config.distill.temperature={temperature!r} must be a number > 0; use e.g. 2.0.")
-    require(isinstance(alpha, int | float) and not isinstance(alpha, bool) and 0.0 <= alpha <= 1.0,
-            f"config.distill.alpha={alpha!r} must be in [0, 1]; use e.g. 0.5 (1 = teacher only).")
-    require(loss.label_smoothing == 0.0,
-            f"config.loss.label_smoothing={loss.label_smoothing} with distillation: the teacher's soft targets "
-            "replace label smoothing; set it to 0.")
-
-
-def _validate_lora(config: ml_collections.ConfigDict, require: Any) -> None:
-    lora = config.lora
-    rank = lora.rank
-    require(isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0,
-            f"config.lora.rank={rank!r} must be an integer >= 1 (or 0 = no LoRA); use e.g. 8.")
-    if rank == 0:
-        return
-    require(bool(config.init_from),
-            f"config.lora.rank={rank} needs a pretrained base: set config.init_from=workdir:DIR or hf:DIR (LoRA "
-            "trains adapters on frozen pretrained weights).")
-    require(isinstance(lora.alpha, int | float) and not isinstance(lora.alpha, bool) and 0 < lora.alpha < 1e6,
-            f"config.lora.alpha={lora.alpha!r} must be a number > 0; use e.g. 2 * rank.")
-    targets = lora.targets
-    require(isinstance(targets, tuple | list) and bool(targets) and all(isinstance(t, str) for t in targets),
-            f"config.lora.targets={targets!r} must be a non-empty list of layer names among "
-            f"{', '.join(LORA_TARGETS)}.")
-    unknown = sorted(set(targets) - set(LORA_TARGETS))
-    require(not unknown, f"config.lora.targets: unknown layer(s) {', '.join(unknown)}; choose among "
-            f"{', '.join(LORA_TARGETS)} (the LM head cannot be adapted).")
+    fine_tuning_config.validate_distill(config.distill, config.loss, require)
+    fine_tuning_config.validate_lora(config, require)
 
 
 def parse_profile_steps(text: str) -> tuple[int, int] | None:
