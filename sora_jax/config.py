@@ -19,7 +19,9 @@ from typing import Any
 import ml_collections
 from ml_collections import config_dict
 
+from sora_jax import fine_tuning_config
 from sora_jax.errors import SoraError
+from sora_jax.fine_tuning_config import LORA_TARGETS
 from sora_jax.model import PRESETS, ModelConfig
 
 VOCAB_MULTIPLE = 128  # Embedding rows are padded to a multiple of this, which shards and tiles well.
@@ -154,6 +156,21 @@ def base_config() -> ml_collections.ConfigDict:
     c.mesh.dcn_fsdp = 1
     c.mesh.dcn_tensor = 1
     c.mesh.logical_axis_rules = DEFAULT_LOGICAL_AXIS_RULES
+
+    # Knowledge distillation from a trained teacher (its own architecture, same tokenizer): the loss is
+    # alpha * T^2 * KL(teacher || student at temperature T) + (1 - alpha) * cross-entropy (training/distill.py).
+    c.distill = ml_collections.ConfigDict()
+    c.distill.teacher = ""  # "workdir:DIR[@STEP|@best]" or "hf:DIR"; "" = no distillation.
+    c.distill.temperature = 2.0
+    c.distill.alpha = 0.5  # Weight of the soft (teacher) term; 1 = teacher only.
+
+    # LoRA fine-tuning of a pretrained base (config.init_from): only the adapters (and optionally the RMS norm
+    # scales) are trained; checkpoints hold the whole tree, frozen base included.
+    c.lora = ml_collections.ConfigDict()
+    c.lora.rank = 0  # 0 = off.
+    c.lora.alpha = 16.0  # Adapter scale alpha / rank.
+    c.lora.targets = LORA_TARGETS
+    c.lora.train_norms = False
     return c
 
 
@@ -322,6 +339,8 @@ def validate(config: ml_collections.ConfigDict) -> None:
                 f"{' (or 0 = automatic)' if axis == 'fsdp' else ''}.")
     require([config.mesh[a] for a in ("data", "fsdp", "tensor")].count(-1) <= 1,
             "at most one of config.mesh.data/fsdp/tensor may be -1.")
+    fine_tuning_config.validate_distill(config.distill, config.loss, require)
+    fine_tuning_config.validate_lora(config, require)
 
 
 def parse_profile_steps(text: str) -> tuple[int, int] | None:

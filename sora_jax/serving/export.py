@@ -1,12 +1,16 @@
 """Export a trained run's params to the Hugging Face T5 layout (config.json, model.safetensors, spiece.model).
 
-The result loads with `transformers.T5ForConditionalGeneration.from_pretrained(out)`.
+The result loads with `transformers.T5ForConditionalGeneration.from_pretrained(out)`. A LoRA run's adapters are
+merged into their kernels first, so the export is a plain model.
 """
 
 from __future__ import annotations
 
+import jax
+
 from sora_jax import checkpoint, paths
 from sora_jax import config as config_lib
+from sora_jax.compression import merge_lora
 from sora_jax.errors import SoraError
 from sora_jax.interop import save_hf_t5
 from sora_jax.workdir import BEST, Workdir
@@ -47,5 +51,8 @@ def export_workdir(workdir: str, out: str, step: int | str | None = None, *, ove
     except Exception as e:  # noqa: BLE001 - an unreadable checkpoint is the user's to fix, not a bug.
         raise SoraError(f"checkpoint {params_item.parent} cannot be read ({type(e).__name__}: {paths.first_line(e)});"
                         " pick another --step.") from None
-    save_hf_t5(out, model_config, saved if key is None else saved[key], tokenizer)
+    params = saved if key is None else saved[key]
+    if config.lora.rank:  # A LoRA run saves base and adapters: export the plain model W + alpha / rank * A @ B.
+        params = jax.device_get(merge_lora(params, alpha=config.lora.alpha))
+    save_hf_t5(out, model_config, params, tokenizer)
     return step

@@ -22,9 +22,10 @@ from sora_jax.data.pipeline import BATCH_KEYS
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
 from sora_jax.model import params as params_lib
-from sora_jax.training import flops
+from sora_jax.training import flops, pretrained
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
+from sora_jax.training import teacher as teacher_lib
 
 
 def _vocab_size(config: ml_collections.ConfigDict) -> int:
@@ -54,12 +55,19 @@ def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, 
     if not (config.data.max_input_length and config.data.max_target_length):
         raise SoraError("config.data max lengths of 0 are read off the training data, which --dry_run does not "
                         "open: pass them, e.g. --config.data.max_input_length=128 --config.data.max_target_length=8.")
+    config = config.copy_and_resolve_references()  # The architecture and tokenizer of init_from and the teacher.
+    if config.init_from:
+        pretrained.apply_pretrained_architecture(config)
+        pretrained.check_source(config.init_from)
+    teacher_config = teacher_lib.resolve_teacher(config)
     if config.data.mixture:
         _print_mixture(config, config.data.data_dir or data_dir)
     mesh = sharding.mesh_from_config(config.mesh)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     model_config = resolve_model_config(config.model, _vocab_size(config))
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)
+    teacher = (teacher_lib.teacher_setup(config.distill, teacher_config, model_config, mesh, rules)
+               if teacher_config is not None else None)
     abstract = setup.abstract_state
     print(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].device_kind} device(s), "
           f"{jax.process_count()} process(es)")
@@ -73,15 +81,23 @@ def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, 
     param_bytes, opt_bytes = _bytes_per_device(abstract.params), _bytes_per_device(abstract.opt_state)
     print(f"parameters: {num_params:,} | per device: params {_gib(param_bytes)}, optimizer state "
           f"{_gib(opt_bytes)} ({config.optimizer.name})")
+    result = {"params": num_params, "param_bytes_per_device": param_bytes, "opt_bytes_per_device": opt_bytes}
+    if setup.trainable is not None:
+        result.update(_lora_summary(config, model_config, mesh, rules, setup, opt_bytes))
+    if teacher is not None:
+        teacher_bytes = _bytes_per_device(teacher.abstract_params)
+        print(f"teacher {teacher.spec}: {params_lib.count(teacher.abstract_params):,} parameters, "
+              f"{_gib(teacher_bytes)} per device (not trained, no optimizer state)")
+        result["teacher_param_bytes_per_device"] = teacher_bytes
 
     batch_spec = sharding.batch_sharding(mesh)
     lengths = {"encoder": config.data.max_input_length, "decoder": config.data.max_target_length}
     abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, lengths[k.split("_")[0]]), np.int32,
                                               sharding=batch_spec) for k in BATCH_KEYS}
+    arguments = (abstract, abstract_batch) + (() if teacher is None else (teacher.abstract_params,))
     with sharding.activate(mesh, rules):
-        compiled = step_lib.compile_train_step(setup, config, mesh).lower(abstract, abstract_batch).compile()
+        compiled = step_lib.compile_train_step(setup, config, mesh, teacher).lower(*arguments).compile()
     memory = compiled.memory_analysis()
-    result = {"params": num_params, "param_bytes_per_device": param_bytes, "opt_bytes_per_device": opt_bytes}
     if memory is not None:
         fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
                   "generated_code_size_in_bytes")
@@ -101,6 +117,21 @@ def _print_mixture(config: ml_collections.ConfigDict, data_dir: str) -> None:
     print(f"mixture of {len(components)} tasks ({config.data.mixture_rate} rates), data in {data_dir}:")
     for line in mixture.describe(components):
         print(line)
+
+
+def _lora_summary(config: ml_collections.ConfigDict, model_config: Any, mesh: jax.sharding.Mesh, rules: Any,
+                  setup: state_lib.TrainingSetup, opt_bytes: int) -> dict[str, int]:
+    # The same config without adapters: what full fine-tuning would keep per device.
+    full_config = config.copy_and_resolve_references()
+    full_config.lora.rank = 0
+    full = state_lib.build_training_setup(full_config, model_config, mesh, rules).abstract_state
+    trainable = params_lib.count(setup.trainable(setup.abstract_state.params)[0])
+    full_bytes = _bytes_per_device(full.opt_state)
+    print(f"LoRA rank {config.lora.rank} on {', '.join(config.lora.targets)}: trains {trainable:,} of "
+          f"{params_lib.count(setup.abstract_state.params):,} parameters; optimizer state per device "
+          f"{opt_bytes:,} bytes vs {full_bytes:,} for full fine-tuning ({opt_bytes / full_bytes:.1%})")
+    return {"trainable_params": trainable, "full_opt_bytes_per_device": full_bytes,
+            "full_params": params_lib.count(full.params)}
 
 
 def _print_flops(config: ml_collections.ConfigDict, model_config: Any, mesh: jax.sharding.Mesh) -> float:

@@ -20,12 +20,14 @@ from jax.experimental import multihost_utils
 
 from sora_jax import checkpoint, paths, sharding
 from sora_jax import config as config_lib
+from sora_jax.compression import lora
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator, format_metrics
 from sora_jax.model import params as params_lib
 from sora_jax.training import flops, pretrained, run_data
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
+from sora_jax.training import teacher as teacher_lib
 from sora_jax.training.metrics_log import MetricsLog, Progress, format_duration
 from sora_jax.training.profiling import StepProfiler
 from sora_jax.workdir import Workdir
@@ -106,6 +108,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
     if config.init_from:
         pretrained.apply_pretrained_architecture(config)
         pretrained.check_source(config.init_from)
+    teacher_config = teacher_lib.resolve_teacher(config)  # The student takes the teacher's tokenizer.
     mesh = sharding.mesh_from_config(config.mesh)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     _check_batch_sizes(config, mesh)
@@ -131,6 +134,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
 
     # Model, optimizer, and the sharded train state: restored from the newest checkpoint, else initialized.
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)
+    teacher = (teacher_lib.teacher_setup(config.distill, teacher_config, model_config, mesh, rules)
+               if teacher_config is not None else None)
     ckpt = checkpoint.Checkpointer(work.checkpoint_dir, keep=config.keep_checkpoints, corrupt_dir=work.corrupt_dir,
                                   use_ocdbt=config.checkpoint_ocdbt)
     restored = ckpt.restore(setup.abstract_state, train_iter)
@@ -138,10 +143,13 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
         log.print(f"note: {note}")
     if restored is None:
         state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, config.seed,
-                                           setup.rng_impl)
+                                           setup.rng_impl, setup.trainable)
         if config.init_from:
-            state = state.replace(params=pretrained.load_pretrained_params(
-                config.init_from, model_config, setup.state_shardings.params))
+            # LoRA: the fresh adapters (an exact no-op: B is zero) on the pretrained base.
+            _, base_shardings = lora.split_trainable(setup.state_shardings.params)
+            base = pretrained.load_pretrained_params(config.init_from, model_config, base_shardings)
+            state = state.replace(params=lora.join_params(lora.split_trainable(state.params)[0], base)
+                                  if config.lora.rank else base)
             log.print(f"initialized the parameters from {config.init_from}")
         resumed_from = None
     else:
@@ -149,6 +157,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
         log.print(f"resumed from checkpoint step {resumed_from} in {ckpt.directory}")
     log.print(f"model: {params_lib.count(state.params):,} parameters ({model_config.d_model} wide, "
               f"{model_config.num_encoder_layers}+{model_config.num_decoder_layers} layers)")
+    if setup.trainable is not None:
+        log.print(f"LoRA rank {config.lora.rank}: training {params_lib.count(setup.trainable(state.params)[0]):,} "
+                  f"parameters; checkpoints hold the whole tree (frozen base included)")
     result = RunResult(work.path, int(jax.device_get(state.step)), {}, ckpt.directory, resumed_from)
     storage_lost = False
     try:
@@ -158,9 +169,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
                       f"{config.num_train_steps}); checkpoints are in {ckpt.directory}. Use a new --workdir "
                       "to train again.")
             return result
+        if teacher is not None:  # Restored outside the mesh context (as eval and predict restore a run).
+            teacher_params = teacher_lib.load_teacher_params(teacher)
+            log.print(f"distilling from {teacher.spec} ({params_lib.count(teacher_params):,} parameters, "
+                      f"temperature {teacher.temperature}, alpha {teacher.alpha})")
         with sharding.activate(mesh, rules):
             evaluator = data.evaluator(setup.model, config.data, mesh, setup.state_shardings.params)
-            train_step = step_lib.compile_train_step(setup, config, mesh)
+            train_step = step_lib.compile_train_step(setup, config, mesh, teacher)
+            if teacher is not None:
+                train_step = _with_teacher(train_step, teacher_params)
             step_flops = flops.train_step_flops(model_config, config.batch_size, config.data.max_input_length,
                                                 config.data.max_target_length, config.grad_accum_steps).total
             with paths.storage_errors(f"training in {work}"):
@@ -181,6 +198,15 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
                 if jax.process_count() > 1:
                     # Leave together: jax's shutdown barrier fails a process that waits too long for the others.
                     multihost_utils.sync_global_devices("sora_run_end")
+
+
+def _with_teacher(compiled: Any, teacher_params: Any) -> Any:
+    """The compiled distillation step as a function of (state, batch), the teacher's params bound."""
+
+    def train_step(state: Any, batch: Any) -> Any:
+        return compiled(state, batch, teacher_params)
+
+    return train_step
 
 
 def log_eval(evaluator: Evaluator, log: MetricsLog, step: int, params: Any, split: str, *, max_examples: int = 0,

@@ -142,7 +142,9 @@ class Progress:
                 rates["mfu"] = utilisation
                 throughput += f" | MFU {100 * utilisation:.1f}%"
         width = len(str(self.total))
-        text = (f"step {step:>{width}}/{self.total} | loss {metrics['loss']:.4f} | "
+        # Distillation: the soft and hard terms of the loss.
+        parts = f" (kl {metrics['kl']:.4f}, ce {metrics['ce']:.4f})" if "kl" in metrics else ""
+        text = (f"step {step:>{width}}/{self.total} | loss {metrics['loss']:.4f}{parts} | "
                 f"token_accuracy {metrics['token_accuracy']:.3f} | lr {metrics['learning_rate']:.2e} | "
                 f"{throughput} | {elapsed / steps * 1e3:.0f} ms/step | ETA {format_duration(eta)}")
         return text, rates

@@ -10,6 +10,7 @@ A resumed run ignores `init_from`: its own checkpoints win.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from pathlib import Path
 from typing import Any
@@ -29,16 +30,16 @@ from sora_jax.workdir import BEST, Workdir, load_workdir
 HF, WORKDIR = "hf:", "workdir:"
 
 
-def checkpoint_dir(init_from: str) -> Path:
-    """The directory named by an `hf:` spec; a missing directory is an error."""
+def checkpoint_dir(init_from: str, what: str = "config.init_from") -> Path:
+    """The directory named by an `hf:` spec; a missing directory is an error (`what` names the config key)."""
     directory = Path(init_from[len(HF):]).expanduser()
     if not (directory / "config.json").is_file():
-        raise SoraError(f"config.init_from: {directory} has no config.json; download the checkpoint there first "
+        raise SoraError(f"{what}: {directory} has no config.json; download the checkpoint there first "
                         "(e.g. huggingface-cli download google/flan-t5-small --local-dir DIR).")
     return directory
 
 
-def parse_workdir_spec(init_from: str) -> tuple[str, int | str | None]:
+def parse_workdir_spec(init_from: str, what: str = "config.init_from") -> tuple[str, int | str | None]:
     """`workdir:DIR[@STEP|@best]` -> (DIR, step: None = newest, an int, or "best")."""
     body = init_from[len(WORKDIR):]
     path, at, step = body.rpartition("@")
@@ -47,7 +48,7 @@ def parse_workdir_spec(init_from: str) -> tuple[str, int | str | None]:
     if step == BEST:
         return path, BEST
     if not step.isdigit():
-        raise SoraError(f"config.init_from={init_from!r}: after '@' comes a checkpoint step or 'best'.")
+        raise SoraError(f"{what}={init_from!r}: after '@' comes a checkpoint step or 'best'.")
     return path, int(step)
 
 
@@ -94,6 +95,37 @@ def apply_pretrained_architecture(config: ml_collections.ConfigDict) -> None:
         config.tokenizer.model_path = str(spiece)
         pieces = Tokenizer.load(spiece, extra_ids=0).num_pieces
         config.tokenizer.extra_ids = hf_extra_ids(pieces, config.model.vocab_size)
+
+
+@dataclasses.dataclass(frozen=True)
+class Source:
+    """A pretrained source's architecture and tokenizer (its params not restored)."""
+
+    model_config: ModelConfig
+    tokenizer_path: str
+    extra_ids: int
+
+
+def describe_source(spec: str, model_cfg: ml_collections.ConfigDict, what: str = "config.init_from") -> Source:
+    """The architecture and tokenizer of `spec` (`hf:` or `workdir:`), its checkpoint's shapes checked (metadata
+    only); an `hf:` source takes dtype, param_dtype and scan_layers from `model_cfg`. SoraError when missing."""
+    if spec.startswith(WORKDIR):
+        path, step = parse_workdir_spec(spec, what)
+        source = load_workdir(path, step=step, restore=False)  # Checks the step's shapes against its config.
+        saved = source.config.tokenizer
+        return Source(source.model_config, saved.model_path or str(source.workdir.tokenizer_file), saved.extra_ids)
+    if not spec.startswith(HF):
+        raise SoraError(f"{what}={spec!r}: use hf:/path/to/dir (a Hugging Face T5 checkpoint) or "
+                        "workdir:DIR[@STEP|@best] (a Sora run).")
+    directory = checkpoint_dir(spec, what)
+    config_file = directory / "config.json"
+    model_config = config_from_hf(json.loads(config_file.read_text()), config_file, dtype=model_cfg.dtype,
+                                  param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers)
+    spiece = directory / "spiece.model"
+    if not spiece.is_file():
+        raise SoraError(f"{what}: {directory} has no spiece.model (the checkpoint's sentencepiece model).")
+    pieces = Tokenizer.load(spiece, extra_ids=0).num_pieces
+    return Source(model_config, str(spiece), hf_extra_ids(pieces, model_config.vocab_size))
 
 
 def check_source(init_from: str) -> None:

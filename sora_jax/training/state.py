@@ -7,6 +7,7 @@ Parameters and optimizer state are created by one jit whose out_shardings come f
 from __future__ import annotations
 
 import dataclasses
+import functools
 from collections.abc import Callable
 from typing import Any
 
@@ -18,6 +19,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
+from sora_jax.compression import lora
 from sora_jax.model import EncoderDecoder, ModelConfig
 from sora_jax.model import params as params_lib
 from sora_jax.training import optimizer as optimizer_lib
@@ -48,21 +50,31 @@ def _opt_state_shardings(tx: optax.GradientTransformation, abstract_opt_state: A
     )
 
 
+Split = Callable[[Any], tuple[Any, Any]]  # params -> (trained, frozen); see `TrainingSetup.trainable`.
+
+
+def _trained(params: Any, trainable: Split | None) -> Any:
+    return params if trainable is None else trainable(params)[0]
+
+
 def train_state_shardings(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                          mesh: Mesh, rules: Any, rng_impl: str) -> tuple[TrainState, TrainState]:
+                          mesh: Mesh, rules: Any, rng_impl: str,
+                          trainable: Split | None = None) -> tuple[TrainState, TrainState]:
     """The abstract TrainState (ShapeDtypeStructs carrying their shardings) and the tree of shardings.
 
     `init_params(rng)` returns the model's params with logical partitioning boxes (flax `model.init(...)`).
+    The optimizer state covers the trained half of `trainable(params)` only (all params when None).
     Nothing is allocated: this is what both a fresh init and a checkpoint restore fill in.
     """
     abstract_params, param_shardings = params_lib.abstract_params(init_params, mesh, rules)
     abstract_params = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), abstract_params)
-    abstract_opt_state = jax.eval_shape(tx.init, abstract_params)
+    abstract_opt_state = jax.eval_shape(tx.init, _trained(abstract_params, trainable))
     replicated = NamedSharding(mesh, PartitionSpec())
     shardings = TrainState(
         step=replicated,
         params=param_shardings,
-        opt_state=_opt_state_shardings(tx, abstract_opt_state, abstract_params, param_shardings, mesh),
+        opt_state=_opt_state_shardings(tx, abstract_opt_state, _trained(abstract_params, trainable),
+                                       _trained(param_shardings, trainable), mesh),
         rng=replicated,
     )
     abstract = TrainState(step=jax.ShapeDtypeStruct((), jnp.int32), params=abstract_params,
@@ -77,13 +89,13 @@ def _rng_data(seed: int, rng_impl: str) -> jax.Array:
 
 
 def init_train_state(init_params: Callable[[jax.Array], Any], tx: optax.GradientTransformation,
-                     shardings: TrainState, seed: int, rng_impl: str) -> TrainState:
+                     shardings: TrainState, seed: int, rng_impl: str, trainable: Split | None = None) -> TrainState:
     """A fresh TrainState, created directly with its shardings (one jit; nothing whole on one host)."""
 
     def init(key_data: jax.Array) -> TrainState:
         params_key, dropout_key = jax.random.split(jax.random.wrap_key_data(key_data, impl=rng_impl))
         params = nn.unbox(init_params(params_key))
-        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(params),
+        return TrainState(step=jnp.zeros((), jnp.int32), params=params, opt_state=tx.init(_trained(params, trainable)),
                           rng=jax.random.key_data(dropout_key))
 
     return jax.jit(init, out_shardings=shardings)(_rng_data(seed, rng_impl))
@@ -100,14 +112,20 @@ class TrainingSetup:
     abstract_state: TrainState
     state_shardings: TrainState
     rng_impl: str  # jax PRNG implementation of the dropout keys (config.rng_impl).
+    # LoRA: params -> (adapters [+ norms], frozen base); the optimizer sees only the first. None: train everything.
+    trainable: Split | None = None
 
 
 def build_training_setup(config: ml_collections.ConfigDict, model_config: ModelConfig, mesh: Mesh,
                          rules: Any) -> TrainingSetup:
     """Everything `run` and `--dry_run` need before a state exists; allocates nothing on devices."""
-    model = EncoderDecoder(model_config)
+    model, trainable = EncoderDecoder(model_config), None
+    if config.lora.rank:  # Rank, alpha and targets were validated; a rank too large for a layer is refused here.
+        model = lora.lora_model(model, config.lora.rank, config.lora.alpha, targets=tuple(config.lora.targets))
+        trainable = functools.partial(lora.split_trainable, train_norms=config.lora.train_norms)
     schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_train_steps)
     tx = optimizer_lib.make_optimizer(config.optimizer, schedule)
     init_params = params_lib.init_fn(model)
-    abstract_state, state_shardings = train_state_shardings(init_params, tx, mesh, rules, config.rng_impl)
-    return TrainingSetup(model, schedule, tx, init_params, abstract_state, state_shardings, config.rng_impl)
+    abstract_state, state_shardings = train_state_shardings(init_params, tx, mesh, rules, config.rng_impl, trainable)
+    return TrainingSetup(model, schedule, tx, init_params, abstract_state, state_shardings, config.rng_impl,
+                         trainable)

@@ -12,34 +12,53 @@ import optax
 from flax import linen as nn
 
 from sora_jax import sharding
+from sora_jax.compression.lora import join_params
 from sora_jax.model import EncoderDecoder
 from sora_jax.model.loss import loss_sums, target_weights, teacher_forced_logits
+from sora_jax.training.distill import distillation_loss
 from sora_jax.training.state import TrainingSetup, TrainState
+from sora_jax.training.teacher import Teacher
 
 
 def _real_tokens(batch: dict[str, jax.Array]) -> jax.Array:
     return jnp.sum(batch["encoder_segment_ids"] > 0) + jnp.sum(batch["decoder_segment_ids"] > 0)
 
 
-def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: EncoderDecoder,
-               tx: optax.GradientTransformation, schedule: optax.Schedule, label_smoothing: float,
-               z_loss: float, grad_accum_steps: int, rng_impl: str) -> tuple[TrainState, dict[str, jax.Array]]:
+def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: Any = None, *,
+               model: EncoderDecoder, tx: optax.GradientTransformation, schedule: optax.Schedule,
+               label_smoothing: float, z_loss: float, grad_accum_steps: int, rng_impl: str,
+               trainable: Callable[[Any], tuple[Any, Any]] | None = None, teacher_model: EncoderDecoder | None = None,
+               temperature: float = 1.0, alpha: float = 0.0) -> tuple[TrainState, dict[str, jax.Array]]:
     """One optimizer update on `batch`; with grad_accum_steps > 1, gradients are summed over microbatches.
 
     Losses are summed and divided by the token count of the whole batch once, so accumulation gives exactly
     the gradient of the big batch (token-weighted, not an average of microbatch means).
+
+    trainable: `params -> (trained, frozen)` (LoRA: adapters and, if asked, norms); only the first half is
+    differentiated and seen by `tx`, the frozen half comes back as it was. teacher_model (with `teacher_params`,
+    never updated): the loss is `distillation_loss` of the student's logits against the teacher's (no dropout in
+    the teacher), plus the z-loss.
     """
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl), state.step)
+    trained, frozen = (state.params, None) if trainable is None else trainable(state.params)
 
-    def summed_loss(params: Any, micro: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+    def summed_loss(trained: Any, micro: dict[str, jax.Array], rng: jax.Array) -> tuple[jax.Array, dict]:
+        params = trained if trainable is None else join_params(trained, frozen)
         logits_BLV = teacher_forced_logits(model, params, micro, dropout_rng=rng)
-        sums = loss_sums(logits_BLV, micro["decoder_target_tokens"], target_weights(micro),
+        weights_BL = target_weights(micro)
+        sums = loss_sums(logits_BLV, micro["decoder_target_tokens"], weights_BL,
                          label_smoothing=label_smoothing, z_loss=z_loss)
+        if teacher_model is not None:
+            teacher_BLV = teacher_forced_logits(teacher_model, teacher_params, micro)
+            _, aux = distillation_loss(logits_BLV, teacher_BLV, micro["decoder_target_tokens"], weights_BL,
+                                       temperature=temperature, alpha=alpha)
+            sums = {**sums, "kl_sum": aux["kl_sum"], "ce_sum": aux["ce_sum"],
+                    "loss_sum": alpha * aux["kl_sum"] + (1.0 - alpha) * aux["ce_sum"] + sums["z_loss_sum"]}
         return sums["loss_sum"], sums
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
     if grad_accum_steps == 1:
-        grads, sums = grad_fn(state.params, batch, step_rng)
+        grads, sums = grad_fn(trained, batch, step_rng)
     else:
         # Row i of microbatch k is row i*A + k of the batch: each device keeps its own rows (no reshuffle).
         def split(x: jax.Array) -> jax.Array:
@@ -51,18 +70,21 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Encoder
         def accumulate(carry: tuple[Any, dict], xs: tuple[dict, jax.Array]) -> tuple[tuple[Any, dict], None]:
             micro, index = xs
             micro = jax.tree.map(lambda x: nn.with_logical_constraint(x, ("batch", "length")), micro)
-            grads, sums = grad_fn(state.params, micro, jax.random.fold_in(step_rng, index))
+            grads, sums = grad_fn(trained, micro, jax.random.fold_in(step_rng, index))
             return jax.tree.map(jnp.add, carry, (grads, sums)), None
 
-        zeros = jax.tree.map(jnp.zeros_like, state.params)
-        zero_sums = {k: jnp.zeros((), jnp.float32) for k in ("loss_sum", "z_loss_sum", "correct_sum", "weight_sum")}
+        zeros = jax.tree.map(jnp.zeros_like, trained)
+        keys = ("loss_sum", "z_loss_sum", "correct_sum", "weight_sum") + (
+            ("kl_sum", "ce_sum") if teacher_model is not None else ())
+        zero_sums = {k: jnp.zeros((), jnp.float32) for k in keys}
         (grads, sums), _ = jax.lax.scan(accumulate, (zeros, zero_sums),
                                         (micros, jnp.arange(grad_accum_steps)))
 
     weight = jnp.maximum(sums["weight_sum"], 1.0)
     grads = jax.tree.map(lambda g: g / weight, grads)
-    updates, opt_state = tx.update(grads, state.opt_state, state.params)
-    params = optax.apply_updates(state.params, updates)
+    updates, opt_state = tx.update(grads, state.opt_state, trained)
+    trained = optax.apply_updates(trained, updates)
+    params = trained if trainable is None else join_params(trained, frozen)
     metrics = {
         "loss": sums["loss_sum"] / weight,
         "z_loss": sums["z_loss_sum"] / weight,
@@ -73,14 +95,26 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], *, model: Encoder
         "learning_rate": schedule(state.step),
         "tokens": _real_tokens(batch).astype(jnp.float32),
     }
+    if teacher_model is not None:
+        metrics.update(kl=sums["kl_sum"] / weight, ce=sums["ce_sum"] / weight)
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def compile_train_step(setup: TrainingSetup, config: Any, mesh: jax.sharding.Mesh) -> Callable:
-    """jit the train step with the state's shardings in and out, the batch over the data axes, state donated."""
+def compile_train_step(setup: TrainingSetup, config: Any, mesh: jax.sharding.Mesh,
+                       teacher: Teacher | None = None) -> Callable:
+    """jit the train step with the state's shardings in and out, the batch over the data axes, state donated.
+
+    With a teacher, the compiled step takes the teacher's params as a third argument (sharded, not donated).
+    """
     state_shardings = setup.state_shardings
+    distill = {} if teacher is None else {"teacher_model": teacher.model, "temperature": teacher.temperature,
+                                          "alpha": teacher.alpha}
     step = functools.partial(train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
                              label_smoothing=config.loss.label_smoothing, z_loss=config.loss.z_loss,
-                             grad_accum_steps=config.grad_accum_steps, rng_impl=setup.rng_impl)
-    return jax.jit(step, in_shardings=(state_shardings, sharding.batch_sharding(mesh)),
-                   out_shardings=(state_shardings, sharding.replicated(mesh)), donate_argnums=0)
+                             grad_accum_steps=config.grad_accum_steps, rng_impl=setup.rng_impl,
+                             trainable=setup.trainable, **distill)
+    in_shardings = (state_shardings, sharding.batch_sharding(mesh))
+    if teacher is not None:
+        in_shardings += (teacher.param_shardings,)
+    return jax.jit(step, in_shardings=in_shardings, out_shardings=(state_shardings, sharding.replicated(mesh)),
+                   donate_argnums=0)

@@ -20,6 +20,7 @@ import ml_collections
 
 from sora_jax import checkpoint, sharding
 from sora_jax import config as config_lib
+from sora_jax.compression import lora
 from sora_jax.data import tasks
 from sora_jax.data.tasks import Task
 from sora_jax.data.tokenizer import Tokenizer
@@ -48,19 +49,30 @@ class LoadedRun:
     step: int | None
     from_best: bool = False  # The params came from <workdir>/best (their training step is `step`).
     notes: tuple[str, ...] = ()  # Things worth telling the user (a mesh fallback, a skipped checkpoint).
+    # A LoRA run (config.lora.rank > 0) saves base and adapters: restored with these abstract params, then merged
+    # (W + alpha / rank * A @ B), so that `model` and `params` are a plain model's. None for other runs.
+    saved_abstract_params: Any = None
+
+    def _restore_target(self) -> Any:
+        return self.abstract_params if self.saved_abstract_params is None else self.saved_abstract_params
+
+    def _merged(self, params: Any) -> Any:
+        if self.saved_abstract_params is None:
+            return params
+        return jax.device_put(lora.merge_lora(params, alpha=self.config.lora.alpha), self.param_shardings)
 
     def with_step(self, step: int | str | None) -> LoadedRun:
         """The same run with the params of checkpoint `step` (None: the newest readable one) or of "best"."""
         if step == BEST:
-            params, step = checkpoint.BestCheckpoint.restore_params(self.workdir.best_dir, self.abstract_params)
-            return dataclasses.replace(self, params=params, step=step, from_best=True)
+            params, step = checkpoint.BestCheckpoint.restore_params(self.workdir.best_dir, self._restore_target())
+            return dataclasses.replace(self, params=self._merged(params), step=step, from_best=True)
         with checkpoint.quiet_orbax():
             ckpt = checkpoint.Checkpointer(self.workdir.checkpoint_dir, keep=self.config.keep_checkpoints)
             try:
-                params, step = ckpt.restore_params(self.abstract_params, step)
+                params, step = ckpt.restore_params(self._restore_target(), step)
             finally:
                 ckpt.close()
-        return dataclasses.replace(self, params=params, step=step, from_best=False,
+        return dataclasses.replace(self, params=self._merged(params), step=step, from_best=False,
                                    notes=self.notes + tuple(ckpt.notes))
 
     def check_shapes(self, step: int | str) -> None:
@@ -68,9 +80,9 @@ class LoadedRun:
         there is no best checkpoint (reads metadata only)."""
         if step == BEST:
             _, params_dir = checkpoint.BestCheckpoint.saved(self.workdir.best_dir)
-            checkpoint.check_param_shapes(params_dir, self.abstract_params, key=None)
+            checkpoint.check_param_shapes(params_dir, self._restore_target(), key=None)
         else:
-            checkpoint.check_param_shapes(self.workdir.checkpoint_dir / str(step) / "state", self.abstract_params)
+            checkpoint.check_param_shapes(self.workdir.checkpoint_dir / str(step) / "state", self._restore_target())
 
     def activate(self) -> contextlib.AbstractContextManager:
         """The mesh and logical-axis rules, current (needed while tracing the model's sharding constraints)."""
@@ -141,9 +153,13 @@ def load_workdir(workdir: str | Workdir, overrides: Mapping[str, Any] | None = N
                         f"{', '.join(map(str, steps))}.")
     model = EncoderDecoder(model_config)
     abstract_params, param_shardings = params_lib.abstract_params(params_lib.init_fn(model), mesh, rules)
+    saved_abstract = None
+    if config.lora.rank:
+        adapted = lora.lora_model(model, config.lora.rank, config.lora.alpha, targets=tuple(config.lora.targets))
+        saved_abstract, _ = params_lib.abstract_params(params_lib.init_fn(adapted), mesh, rules)
     run = LoadedRun(workdir=workdir, config=config, task=task, tokenizer=tokenizer, model_config=model_config,
                     model=model, mesh=mesh, rules=rules, abstract_params=abstract_params,
                     param_shardings=param_shardings, steps=steps, params=None, step=None,
-                    notes=tuple(notes + mesh_notes))
+                    notes=tuple(notes + mesh_notes), saved_abstract_params=saved_abstract)
     run.check_shapes(steps[-1] if step is None else step)
     return run.with_step(step) if restore else run
