@@ -169,6 +169,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
         log.print(f"resumed from checkpoint step {resumed_from} in {ckpt.directory}")
     log.print(f"model: {params_lib.count(state.params):,} parameters ({model_config.d_model} wide, "
               f"{model_config.num_encoder_layers}+{model_config.num_decoder_layers} layers)")
+    if config.quantization.qat:
+        log.print(f"quantization-aware training: {config.quantization.qat} weights in the forward pass; the saved "
+                  "params stay float (serve them with --quantize)")
     result = RunResult(work.path, int(jax.device_get(state.step)), {}, ckpt.directory, resumed_from)
     try:
         if result.final_step >= config.num_train_steps:
