@@ -143,6 +143,13 @@ def base_config() -> ml_collections.ConfigDict:
     c.optimizer.momentum = 0.9  # sgd
     c.optimizer.grad_clip_norm = 1.0  # 0 = no clipping
 
+    c.quantization = ml_collections.ConfigDict()
+    # Quantization-aware training: "int8" or "int4" fake-quantizes every matmul weight in the train step's forward
+    # pass (as `--quantize` will store it; straight-through gradients), so that serving the run with sora-eval /
+    # sora-predict --quantize=SCHEME loses less than quantizing a float-trained run. The saved params stay float.
+    # "" = off.
+    c.quantization.qat = ""
+
     c.loss = ml_collections.ConfigDict()
     c.loss.label_smoothing = 0.0
     c.loss.z_loss = 1e-4
@@ -323,6 +330,13 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.optimizer.schedule={config.optimizer.schedule!r}: use cosine, rsqrt or constant.")
     require(config.optimizer.learning_rate > 0, "config.optimizer.learning_rate must be positive.")
     require(config.optimizer.warmup_steps >= 0, "config.optimizer.warmup_steps must be >= 0.")
+    if config.quantization.qat:  # qwix is imported only for a QAT run.
+        from sora_jax.compression import SCHEMES
+
+        require(config.quantization.qat in SCHEMES, f"config.quantization.qat={config.quantization.qat!r}: use one "
+                f"of {', '.join(SCHEMES)} (or '' for float training).")
+        require(not config.lora.rank, "config.quantization.qat with config.lora.rank: quantization-aware training "
+                "of LoRA adapters is not supported; train the adapters in float, then serve with --quantize.")
     require(0.0 <= config.loss.label_smoothing < 1.0, "config.loss.label_smoothing must be in [0, 1).")
     require(config.tokenizer.vocab_size >= 64, "config.tokenizer.vocab_size must be at least 64.")
     require(isinstance(config.tokenizer.extra_ids, int) and config.tokenizer.extra_ids >= 0,

@@ -84,6 +84,14 @@ def add_step_flag(parser: Any) -> None:
                              "newest)")
 
 
+def add_quantize_flag(parser: argparse.ArgumentParser, what: str) -> None:
+    """--quantize: weight-only PTQ of the loaded params; the scheme is checked when the run is loaded (a bad one is
+    one 'error:' line naming the supported schemes)."""
+    parser.add_argument("--quantize", default="", metavar="SCHEME",
+                        help=f"{what} with int8 or int4 weights (post-training quantization of every matmul weight; "
+                             "default: the float params)")
+
+
 def add_decode_flags(parser: argparse.ArgumentParser) -> None:
     """The decoding flags of sora-eval and sora-predict."""
     group = parser.add_argument_group("decoding")

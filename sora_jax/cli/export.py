@@ -1,6 +1,11 @@
-"""`sora-export`: a trained run's checkpoint in the Hugging Face T5 layout.
+"""`sora-export`: a trained run's checkpoint in the Hugging Face T5 layout, or with quantized weights.
 
     sora-export --workdir=DIR|gs://... --out=DIR [--step=N|best] [--overwrite]
+    sora-export --workdir=DIR|gs://... --out=LOCAL_DIR --quantize=int8|int4 [--step=N|best] [--overwrite]
+
+With --quantize the export is Sora's own (config.json, tokenizer.model, quantized.json, params/ with int
+weights), served by `sora-predict --workdir=OUT` / `sora-eval --workdir=OUT` exactly as the in-memory
+`--quantize` model; the HF layout has no place for qwix's int weights and scales.
 """
 
 from __future__ import annotations
@@ -20,11 +25,20 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--out", required=True, help="output folder (created; local or gs://)")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in --out")
     common.add_step_flag(parser)
+    parser.add_argument("--quantize", default="", metavar="SCHEME",
+                        help="write int8 or int4 weights (post-training quantization) in Sora's own layout, served "
+                             "by sora-predict --workdir=OUT (default: float params, Hugging Face layout)")
     args = parser.parse_args(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        from sora_jax.serving.export import export_workdir
+        from sora_jax.serving.export import export_quantized, export_workdir
 
+        if args.quantize:
+            step, sizes = export_quantized(args.workdir, args.out, args.step, scheme=args.quantize,
+                                           overwrite=args.overwrite)
+            print(f"exported step {step} of {args.workdir} to {args.out} ({sizes}); serve it with "
+                  f"sora-predict --workdir={args.out}")
+            return 0
         step = export_workdir(args.workdir, args.out, args.step, overwrite=args.overwrite)
         print(f"exported step {step} of {args.workdir} to {args.out} (Hugging Face T5 layout)")
         return 0

@@ -1,6 +1,7 @@
 """`sora-predict`: decode one input per line with a trained workdir.
 
-    sora-predict --workdir=DIR|gs://... [--step=N|best] [--input=FILE] [--jsonl] [--batch_size=32] [--raw]
+    sora-predict --workdir=DIR|gs://... [--step=N|best] [--quantize=int8|int4] [--input=FILE] [--jsonl]
+                 [--batch_size=32] [--raw]
                  [--method=greedy|beam|sample] [--beam_size=4] [--alpha=0.6] [--max_length=N]
                  [--temperature=T] [--top_k=K] [--top_p=P] [--seed=S] [--config.KEY=VALUE ...]
 
@@ -9,6 +10,10 @@ stdout (line breaks inside a prediction become spaces), or with --jsonl one {"in
 object per line. Empty lines give empty outputs; lines that are not valid UTF-8 are decoded with U+FFFD for the
 bad bytes and reported by number on stderr. Decoding defaults are sora-eval's: beam 4 for translation tasks,
 greedy otherwise.
+
+--quantize=int8 (or int4) decodes with every matmul weight quantized after loading (weight-only PTQ); the param
+bytes before and after are printed on stderr. --workdir may also be a quantized export (sora-export --quantize),
+which is served with the scheme it was saved with.
 """
 
 from __future__ import annotations
@@ -30,8 +35,10 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser = argparse.ArgumentParser(
         prog="sora-predict", description="Decode one input per line (stdin or --input) with a trained Sora workdir.",
         epilog="Overrides of the saved config: --config.KEY=VALUE (e.g. --config.data.max_input_length=256).")
-    parser.add_argument("--workdir", required=True, help="the training run's directory (local or gs://)")
+    parser.add_argument("--workdir", required=True,
+                        help="the training run's directory (local or gs://), or a quantized export's")
     common.add_step_flag(parser)
+    common.add_quantize_flag(parser, "decode")
     parser.add_argument("--input", default=None, help="read inputs from this file instead of stdin")
     parser.add_argument("--jsonl", action="store_true", help='write {"input", "prediction", "score"} JSON lines')
     parser.add_argument("--batch_size", type=int, default=32, help="inputs decoded together (default 32)")
@@ -110,7 +117,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise SoraError(f"--input {args.input} is not a file; give a text file with one input per line, or "
                             "leave --input out to read stdin.")
         decode = common.decode_kwargs(args)
-        predictor = Predictor.from_workdir(args.workdir, args.step, **overrides)
+        predictor = Predictor.from_workdir(args.workdir, args.step, quantize=args.quantize, **overrides)
         common.print_notes(predictor.run.notes)
         options = predictor.decode_options(**decode)  # Bad decoding flags fail before any input is read.
         if hasattr(sys.stdout, "reconfigure"):

@@ -7,6 +7,8 @@ Writes (under `<split>_best/` for step="best"; a later evaluation of the same sp
 
     <workdir>/eval/<split>_step<N>/predictions.jsonl   one {"input", "target", "prediction"} per example, in order
     <workdir>/eval/<split>_step<N>/metrics.json        {"step", "split", "examples", "decode", "metrics"}
+
+(`<split>_step<N>_int8/` with quantize="int8": the quantized model's results do not replace the float ones.)
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ class EvalResult:
     metrics: dict[str, float]
     predictions: list[dict[str, str]]
     directory: epath.Path  # Where predictions.jsonl and metrics.json were written.
+    quantization: str = ""  # The weights' scheme ("int8", "int4"), or "" for the float params.
 
 
 def _eval_batch_size(run: LoadedRun) -> tuple[int, str | None]:
@@ -53,6 +56,8 @@ def _write(result: EvalResult, options: Any) -> None:
                                ensure_ascii=False) + "\n" for p in result.predictions)
     summary = {"step": result.step, "split": result.split, "examples": len(result.predictions),
                "decode": dataclasses.asdict(options), "metrics": result.metrics}
+    if result.quantization:
+        summary["quantization"] = result.quantization
 
     def write() -> None:
         with paths.storage_errors(f"writing {result.directory}"):
@@ -75,16 +80,17 @@ def format_table(results: Sequence[EvalResult]) -> str:
 
 def evaluate_workdir(workdir: str, *, split: str = "validation", step: int | str | None = None,
                      all_checkpoints: bool = False, overrides: Mapping[str, Any] | None = None,
-                     decode: Mapping[str, Any] | None = None, max_examples: int = 0,
+                     decode: Mapping[str, Any] | None = None, max_examples: int = 0, quantize: str = "",
                      say: Callable[[str], None] = print, note: Callable[[str], None] = print) -> list[EvalResult]:
     """Evaluate checkpoint `step` (default: the newest readable one; "best": `<workdir>/best`), or every kept
     one, of `workdir` on `split`, and write each one's predictions and metrics under `<workdir>/eval/`.
 
     `decode` holds keyword arguments of `decoder.task_decode_options` (method, beam_size, max_length, ...).
-    Every input check (split, step, decoding options, shapes) happens before the first compile. `say` gets the
-    progress lines, `note` the warnings.
+    `quantize` ("int8", "int4"; "" = float) evaluates each checkpoint with its weights quantized (PTQ).
+    Every input check (split, step, decoding options, shapes, scheme) happens before the first compile. `say`
+    gets the progress lines, `note` the warnings (and the quantized param bytes).
     """
-    run = load_workdir(workdir, overrides, step=step, restore=False)
+    run = load_workdir(workdir, overrides, step=step, restore=False, quantize=quantize)
     for text in run.notes:
         note(text)
     options = decoder_lib.task_decode_options(run.task, run.tokenizer, run.config.data.max_target_length,
@@ -104,8 +110,10 @@ def evaluate_workdir(workdir: str, *, split: str = "validation", step: int | str
     for current in steps:
         run.check_shapes(run.steps[-1] if current is None else current)
     shown = "newest" if steps == [None] else ", ".join(map(str, steps))
+    weights = f", {run.quantization} weights" if run.quantization else ""
+    suffix = f"_{run.quantization}" if run.quantization else ""  # Quantized results sit next to the float ones.
     say(f"workdir {run.workdir} | task {run.task.name} | split {split} ({examples} examples) | decoding "
-        f"{decoder_lib.describe(options)} | mesh {dict(run.mesh.shape)} | checkpoints {shown}")
+        f"{decoder_lib.describe(options)} | mesh {dict(run.mesh.shape)} | checkpoints {shown}{weights}")
     results = []
     for current in steps:
         loaded = run.with_step(current)
@@ -113,11 +121,12 @@ def evaluate_workdir(workdir: str, *, split: str = "validation", step: int | str
             note(text)
         with loaded.activate():
             metrics, predictions = evaluator.evaluate(loaded.params, split, max_examples=max_examples)
-        label = "best" if loaded.from_best else f"step{loaded.step}"
-        result = EvalResult(loaded.step, split, metrics, predictions, run.workdir.eval_dir(split, label))
+        label = ("best" if loaded.from_best else f"step{loaded.step}") + suffix
+        result = EvalResult(loaded.step, split, metrics, predictions, run.workdir.eval_dir(split, label),
+                            run.quantization)
         _write(result, options)
         results.append(result)
-        which = f"step {loaded.step} (best)" if loaded.from_best else f"step {loaded.step}"
+        which = (f"step {loaded.step} (best)" if loaded.from_best else f"step {loaded.step}") + weights
         say(f"eval {split} @ {which}: {format_metrics(metrics)}")
         say(f"  wrote {result.directory / 'predictions.jsonl'} and metrics.json")
     if all_checkpoints:

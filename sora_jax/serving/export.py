@@ -1,19 +1,24 @@
-"""Export a trained run's params to the Hugging Face T5 layout (config.json, model.safetensors, spiece.model).
+"""Export a trained run's params to the Hugging Face T5 layout (config.json, model.safetensors, spiece.model), or
+with quantized weights to a folder Sora serves (`export_quantized`; layout in sora_jax/workdir/quantized.py).
 
-The result loads with `transformers.T5ForConditionalGeneration.from_pretrained(out)`. A LoRA run's adapters are
-merged into their kernels first, so the export is a plain model.
+The Hugging Face export loads with `transformers.T5ForConditionalGeneration.from_pretrained(out)` (a LoRA
+run's adapters are merged into their kernels first, so it is a plain model); the quantized one with
+`sora-predict --workdir=OUT` or `Predictor.from_workdir(out)`.
 """
 
 from __future__ import annotations
+
+import shutil
 
 import jax
 
 from sora_jax import checkpoint, paths
 from sora_jax import config as config_lib
-from sora_jax.compression import merge_lora
+from sora_jax.compression import merge_lora, save_quantized_params
 from sora_jax.errors import SoraError
 from sora_jax.interop import save_hf_t5
-from sora_jax.workdir import BEST, Workdir
+from sora_jax.workdir import BEST, Workdir, load_workdir, quantized
+from sora_jax.workdir import directory as directory_lib
 from sora_jax.workdir.loaded import checkpoint_steps
 
 
@@ -56,3 +61,35 @@ def export_workdir(workdir: str, out: str, step: int | str | None = None, *, ove
         params = jax.device_get(merge_lora(params, alpha=config.lora.alpha))
     save_hf_t5(out, model_config, params, tokenizer)
     return step
+
+
+def export_quantized(workdir: str, out: str, step: int | str | None = None, *, scheme: str,
+                     overwrite: bool = False) -> tuple[int, str]:
+    """Write checkpoint `step` (default: the newest; "best") of `workdir` with `scheme` ("int8", "int4") weights
+    to the local folder `out`, as a quantized export -> (the training step exported, the param bytes note).
+
+    The params are quantized as `load_workdir(workdir, quantize=scheme)` quantizes them, and saved as they are
+    (int qvalues, float scales), so the export serves exactly the in-memory PTQ model's outputs.
+    """
+    quantized.check_scheme(scheme)
+    target = paths.as_path(out)
+    quantized.check_local(target, "--out")
+    check_out_dir(out, overwrite)
+    source = paths.as_path(workdir)
+    if quantized.read_manifest(source) is not None:
+        raise SoraError(f"{workdir} is already a quantized export; export the training run it came from.")
+    run = load_workdir(workdir, step=step, quantize=scheme)
+    config = run.config.copy_and_resolve_references()
+    config.tokenizer.model_path = ""  # The export carries its own tokenizer.model.
+    params_dir = target / quantized.PARAMS_DIR
+    if overwrite and params_dir.exists():
+        shutil.rmtree(params_dir)
+    target.mkdir(parents=True, exist_ok=True)
+    paths.write_text(target / "config.json",
+                     config_lib.to_json(config, **{directory_lib.FORMAT_KEY: directory_lib.FORMAT}))
+    paths.write_bytes(target / "tokenizer.model", run.tokenizer.model_proto())
+    save_quantized_params(str(params_dir), run.params)
+    # Written last: a folder without it is not read as an export, so an interrupted export is not served.
+    paths.write_text(target / quantized.MANIFEST_FILE, quantized.manifest_text(scheme, run.step, run.from_best,
+                                                                               str(source)))
+    return run.step, quantized.bytes_note(scheme, run.abstract_params, run.params)

@@ -5,6 +5,7 @@
     predictor.predict(["这个产品很好用", "质量太差了"])               # -> ["positive", "negative"]
     predictor.predict(texts, method="beam", beam_size=4)         # or "sample" (temperature, top_k, top_p, seed)
     predictor.predict_with_scores(texts)                        # -> [Prediction(input, text, score, truncated)]
+    Predictor.from_workdir("runs/default", quantize="int8")      # int8 weights (PTQ); or a quantized export's dir
 
 Inputs are formatted by the task's own preprocessor (`Task.format_input`; for snownlp_sentiment "sentiment: " +
 text) unless raw=True, tokenized and truncated by the training pipeline's own code (config.data.max_input_length
@@ -82,9 +83,14 @@ class Predictor:
         self._decoder = decoder_lib.Decoder(run.model, run.param_shardings, run.mesh)
 
     @classmethod
-    def from_workdir(cls, path: str, step: int | str | None = None, **overrides: Any) -> Predictor:
-        """Load `path`'s newest readable checkpoint (or `step`, or "best"), with config overrides applied."""
-        return cls(load_workdir(path, _overrides(overrides), step=step))
+    def from_workdir(cls, path: str, step: int | str | None = None, *, quantize: str = "",
+                     **overrides: Any) -> Predictor:
+        """Load `path`'s newest readable checkpoint (or `step`, or "best"), with config overrides applied.
+
+        quantize: "int8" or "int4" quantizes every matmul weight after loading (weight-only PTQ; "" = float);
+        `run.notes` then tell the param bytes before and after. A quantized export is read as it was saved.
+        """
+        return cls(load_workdir(path, _overrides(overrides), step=step, quantize=quantize))
 
     @property
     def task(self) -> Any:

@@ -160,6 +160,9 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
     if setup.trainable is not None:
         log.print(f"LoRA rank {config.lora.rank}: training {params_lib.count(setup.trainable(state.params)[0]):,} "
                   f"parameters; checkpoints hold the whole tree (frozen base included)")
+    if config.quantization.qat:
+        log.print(f"quantization-aware training: {config.quantization.qat} weights in the forward pass; the saved "
+                  "params stay float (serve them with --quantize)")
     result = RunResult(work.path, int(jax.device_get(state.step)), {}, ckpt.directory, resumed_from)
     storage_lost = False
     try:

@@ -19,7 +19,7 @@ import optax
 from flax import linen as nn
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-from sora_jax.compression import lora
+from sora_jax.compression import lora, qat_model
 from sora_jax.model import EncoderDecoder, ModelConfig
 from sora_jax.model import params as params_lib
 from sora_jax.training import optimizer as optimizer_lib
@@ -105,7 +105,7 @@ def init_train_state(init_params: Callable[[jax.Array], Any], tx: optax.Gradient
 class TrainingSetup:
     """The model, its optimizer and schedule, and the train state's abstract shape and shardings."""
 
-    model: EncoderDecoder
+    model: EncoderDecoder  # The one the train step and training's evals run (fake-quantized under QAT).
     schedule: optax.Schedule
     tx: optax.GradientTransformation
     init_params: Callable[[jax.Array], Any]
@@ -118,7 +118,11 @@ class TrainingSetup:
 
 def build_training_setup(config: ml_collections.ConfigDict, model_config: ModelConfig, mesh: Mesh,
                          rules: Any) -> TrainingSetup:
-    """Everything `run` and `--dry_run` need before a state exists; allocates nothing on devices."""
+    """Everything `run` and `--dry_run` need before a state exists; allocates nothing on devices.
+
+    With config.quantization.qat the model is the QAT one (`compression.qat_model`): it reads and updates the same
+    float params, so init, checkpoints and the optimizer are those of float training.
+    """
     model, trainable = EncoderDecoder(model_config), None
     if config.lora.rank:  # Rank, alpha and targets were validated; a rank too large for a layer is refused here.
         model = lora.lora_model(model, config.lora.rank, config.lora.alpha, targets=tuple(config.lora.targets))
@@ -127,5 +131,7 @@ def build_training_setup(config: ml_collections.ConfigDict, model_config: ModelC
     tx = optimizer_lib.make_optimizer(config.optimizer, schedule)
     init_params = params_lib.init_fn(model)
     abstract_state, state_shardings = train_state_shardings(init_params, tx, mesh, rules, config.rng_impl, trainable)
+    if config.quantization.qat:
+        model = qat_model(model, config.quantization.qat)
     return TrainingSetup(model, schedule, tx, init_params, abstract_state, state_shardings, config.rng_impl,
                          trainable)

@@ -3,6 +3,8 @@
     run = load_workdir("runs/default")                       # newest readable checkpoint
     run = load_workdir("gs://bucket/runs/x", {"data.max_input_length": 256}, step=400)
     run = load_workdir("runs/default", step="best")          # the params kept for the best validation
+    run = load_workdir("runs/default", quantize="int8")      # int8 weights (PTQ), for eval and inference
+    run = load_workdir("exports/int8")                       # a quantized export (sora-export --quantize)
 
 Parameters are restored only after the saved shapes were checked against the config, so a config that no longer
 matches, a missing step or a workdir without checkpoints are one-line `SoraError`s raised before any compile.
@@ -27,6 +29,7 @@ from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
 from sora_jax.model import EncoderDecoder, ModelConfig
 from sora_jax.model import params as params_lib
+from sora_jax.workdir import quantized
 from sora_jax.workdir.directory import BEST, Workdir
 
 
@@ -39,16 +42,18 @@ class LoadedRun:
     task: Task
     tokenizer: Tokenizer
     model_config: ModelConfig
-    model: EncoderDecoder
+    model: EncoderDecoder  # The model decoding runs: the quantized one when `quantization` is set.
     mesh: jax.sharding.Mesh
     rules: tuple
-    abstract_params: Any  # ShapeDtypeStructs carrying their target shardings.
-    param_shardings: Any
+    abstract_params: Any  # The float params' ShapeDtypeStructs carrying their target shardings.
+    param_shardings: Any  # Those of `params` (the quantized layout when `quantization` is set).
     steps: tuple[int, ...]  # Every committed checkpoint step, oldest first.
     params: Any  # Those of `step` (None when loaded with restore=False).
     step: int | None
     from_best: bool = False  # The params came from <workdir>/best (their training step is `step`).
     notes: tuple[str, ...] = ()  # Things worth telling the user (a mesh fallback, a skipped checkpoint).
+    quantization: str = ""  # "int8" / "int4": `model` and `params` have quantized weights; "" = float.
+    exported: bool = False  # Read from a quantized export (one step, params already quantized).
     # A LoRA run (config.lora.rank > 0) saves base and adapters: restored with these abstract params, then merged
     # (W + alpha / rank * A @ B), so that `model` and `params` are a plain model's. None for other runs.
     saved_abstract_params: Any = None
@@ -59,10 +64,25 @@ class LoadedRun:
     def _merged(self, params: Any) -> Any:
         if self.saved_abstract_params is None:
             return params
-        return jax.device_put(lora.merge_lora(params, alpha=self.config.lora.alpha), self.param_shardings)
+        float_shardings = jax.tree.map(lambda leaf: leaf.sharding, self.abstract_params)
+        return jax.device_put(lora.merge_lora(params, alpha=self.config.lora.alpha), float_shardings)
 
     def with_step(self, step: int | str | None) -> LoadedRun:
-        """The same run with the params of checkpoint `step` (None: the newest readable one) or of "best"."""
+        """The same run with the params of checkpoint `step` (None: the newest readable one) or of "best";
+        quantized when the run was loaded with `quantize`."""
+        if self.exported:
+            params = quantized.restore_export(self.workdir.path, self.model, self.param_shardings, self.mesh)
+            return dataclasses.replace(self, params=params, step=self.steps[0], notes=self.notes + (
+                quantized.bytes_note(self.quantization, self.abstract_params, params),))
+        run = self._with_float_step(step)
+        if not self.quantization:
+            return run
+        params = quantized.quantize_params(EncoderDecoder(self.model_config), self.model, run.params,
+                                           self.param_shardings)
+        return dataclasses.replace(run, params=params, notes=run.notes + (
+            quantized.bytes_note(self.quantization, run.params, params),))
+
+    def _with_float_step(self, step: int | str | None) -> LoadedRun:
         if step == BEST:
             params, step = checkpoint.BestCheckpoint.restore_params(self.workdir.best_dir, self._restore_target())
             return dataclasses.replace(self, params=self._merged(params), step=step, from_best=True)
@@ -77,7 +97,9 @@ class LoadedRun:
 
     def check_shapes(self, step: int | str) -> None:
         """A SoraError when checkpoint `step`'s (or best's) params do not have this config's shapes, or when
-        there is no best checkpoint (reads metadata only)."""
+        there is no best checkpoint (reads metadata only). An export's params are checked as they are read."""
+        if self.exported:
+            return
         if step == BEST:
             _, params_dir = checkpoint.BestCheckpoint.saved(self.workdir.best_dir)
             checkpoint.check_param_shapes(params_dir, self._restore_target(), key=None)
@@ -124,16 +146,35 @@ def checkpoint_steps(workdir: Workdir, config: ml_collections.ConfigDict) -> tup
     return tuple(steps)
 
 
+def _export_scheme(workdir: Workdir, quantize: str, step: int | str | None) -> tuple[dict[str, Any] | None, str]:
+    """(the export manifest or None, the scheme to serve): `quantize` checked, and against an export's own."""
+    if quantize:
+        quantized.check_scheme(quantize)
+    manifest = quantized.read_manifest(workdir.path)
+    if manifest is None:
+        return None, quantize
+    if quantize and quantize != manifest["scheme"]:
+        raise SoraError(f"{workdir} is a quantized export with {manifest['scheme']} weights; it cannot be served "
+                        f"with --quantize={quantize}: drop --quantize, or export the training run again with "
+                        f"--quantize={quantize}.")
+    if step is not None and step != manifest["step"]:
+        raise SoraError(f"{workdir} is a quantized export of step {manifest['step']} only; drop --step.")
+    return manifest, manifest["scheme"]
+
+
 def load_workdir(workdir: str | Workdir, overrides: Mapping[str, Any] | None = None,
-                 step: int | str | None = None, *, restore: bool = True) -> LoadedRun:
+                 step: int | str | None = None, *, restore: bool = True, quantize: str = "") -> LoadedRun:
     """Rebuild the run saved in `workdir` and restore the params of checkpoint `step` (default: the newest
     readable one; "best": those training kept for its best validation metric).
 
     `overrides` are config keys with values (Python values or command-line text), applied on top of the saved
     config.json. The mesh is the saved one when it fits this machine's devices, else data parallelism over all
-    of them. With restore=False, params and step are None (see `LoadedRun.with_step`).
+    of them. With restore=False, params and step are None (see `LoadedRun.with_step`). `quantize` ("int8",
+    "int4"; "" = float) serves the params with quantized weights (PTQ); a quantized export (see
+    `workdir.quantized`) is served with its own scheme.
     """
     workdir = workdir if isinstance(workdir, Workdir) else Workdir(workdir)
+    manifest, quantize = _export_scheme(workdir, quantize, step)
     config, notes = workdir.load_config(overrides)
     tokenizer = workdir.load_tokenizer(config)
     mixed = [entry["task"] for entry in config.data.mixture]
@@ -147,7 +188,7 @@ def load_workdir(workdir: str | Workdir, overrides: Mapping[str, Any] | None = N
     model_config = config_lib.resolve_model_config(config.model, tokenizer.vocab_size)
     mesh, mesh_notes = _mesh(config)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
-    steps = checkpoint_steps(workdir, config)
+    steps = (manifest["step"],) if manifest else checkpoint_steps(workdir, config)
     if step not in (None, BEST, *steps):
         raise SoraError(f"there is no checkpoint step {step} in {workdir.checkpoint_dir}; available: "
                         f"{', '.join(map(str, steps))}.")
@@ -157,9 +198,15 @@ def load_workdir(workdir: str | Workdir, overrides: Mapping[str, Any] | None = N
     if config.lora.rank:
         adapted = lora.lora_model(model, config.lora.rank, config.lora.alpha, targets=tuple(config.lora.targets))
         saved_abstract, _ = params_lib.abstract_params(params_lib.init_fn(adapted), mesh, rules)
+    if quantize:
+        model, param_shardings = quantized.serving_layout(model, param_shardings, mesh, quantize)
+    elif config.quantization.qat:
+        notes.append(f"this run was trained for {config.quantization.qat} (config.quantization.qat); pass "
+                     f"--quantize={config.quantization.qat} to serve it with {config.quantization.qat} weights.")
     run = LoadedRun(workdir=workdir, config=config, task=task, tokenizer=tokenizer, model_config=model_config,
                     model=model, mesh=mesh, rules=rules, abstract_params=abstract_params,
                     param_shardings=param_shardings, steps=steps, params=None, step=None,
-                    notes=tuple(notes + mesh_notes), saved_abstract_params=saved_abstract)
+                    notes=tuple(notes + mesh_notes), quantization=quantize, exported=manifest is not None,
+                    saved_abstract_params=saved_abstract)
     run.check_shapes(steps[-1] if step is None else step)
     return run.with_step(step) if restore else run
