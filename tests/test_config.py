@@ -183,7 +183,7 @@ def test_validate_rejects_bad_values():
     assert "learning_rate" in _invalid(optimizer__learning_rate=0.0)
     assert "label_smoothing" in _invalid(loss__label_smoothing=1.0)
     assert "vocab_size" in _invalid(tokenizer__vocab_size=63)
-    assert "max lengths" in _invalid(data__max_target_length=0)
+    assert "max lengths" in _invalid(data__max_target_length=-1)  # 0 is valid: what the data needs
     assert "config.mesh.tensor=0" in _invalid(mesh__tensor=0)
 
 
