@@ -41,7 +41,7 @@ def run_two_processes(args: list[str], per_process: Callable[[int], list[str]] =
                                    "--num_processes=2", f"--process_id={i}"], env={**env_with_devices(2),
                                                                                    **(extra_env or {})},
                                   stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True) for i in range(2)]
-    outputs = [p.communicate(timeout=400)[0] for p in processes]
+    outputs = [p.communicate(timeout=900)[0] for p in processes]
     for p, out in zip(processes, outputs, strict=True):
         assert p.returncode == 0, out[-3000:]
 
@@ -55,7 +55,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path, tfds_dir):
     # One process, 4 devices as a 1x2x2 (data, fsdp, tensor) mesh.
     single = subprocess.run([*command(tfds_dir, tmp_path / "single", 8), "--config.mesh.fsdp=2",
                              "--config.mesh.tensor=2"], env=env_with_devices(4), capture_output=True, text=True,
-                            timeout=400)
+                            timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
     assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in single.stdout
 
@@ -88,7 +88,7 @@ def test_two_processes_share_a_bucket_workdir_with_per_host_data_dirs(tmp_path, 
     # Each "host" prepares its own local copy of the data; the run directory (config, tokenizer trained by
     # process 0, checkpoints, metrics) is one bucket that both see. Same losses as one process.
     single = subprocess.run([*command(tfds_dir, tmp_path / "single", 4), "--config.checkpoint_every_steps=4"],
-                            env=env_with_devices(4), capture_output=True, text=True, timeout=400)
+                            env=env_with_devices(4), capture_output=True, text=True, timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
     bucket_run = f"gs://{gcs.BUCKET}/multi"
     shared = [a for a in command(tfds_dir, Path("unused"), 4)
