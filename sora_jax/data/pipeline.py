@@ -39,6 +39,13 @@ class LengthStats:
         return (f"{split}: {self.inputs_truncated} of {self.examples} sampled inputs and {self.targets_truncated} "
                 f"targets are longer than the maximum lengths and get truncated")
 
+    def check_targets(self, task: str, max_target_length: int) -> None:
+        """Refuse a task none of whose sampled targets fit: it would only ever be trained on cut-off targets."""
+        if self.examples and self.targets_truncated == self.examples:
+            raise SoraError(f"task {task}: all {self.examples} sampled training targets are longer than "
+                            f"config.data.max_target_length={max_target_length} (EOS included); raise it, or set it "
+                            "to 0 to take it from the data.")
+
 
 class TextPairs(grain.transforms.Map):
     """Raw TFDS example -> {"inputs": str, "targets": str} through the task's preprocessor."""

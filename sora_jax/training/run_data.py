@@ -49,8 +49,10 @@ class TaskData:
             if data_cfg.objective:
                 raise SoraError(f"config.data.objective={data_cfg.objective} is for unlabelled text tasks; task "
                                 f"{self.task.name} has inputs and targets: clear it.")
-            return [pipeline.length_stats(self.train_pairs, self.tokenizer, data_cfg.max_input_length,
-                                          data_cfg.max_target_length).describe("train")]
+            stats = pipeline.length_stats(self.train_pairs, self.tokenizer, data_cfg.max_input_length,
+                                          data_cfg.max_target_length)
+            stats.check_targets(self.task.name, data_cfg.max_target_length)
+            return [stats.describe("train")]
         return [f"objective {data_cfg.objective}: {', '.join(d.name for d in self.objective.denoisers)} | inputs "
                 f"{data_cfg.max_input_length} / targets {data_cfg.max_target_length} tokens | "
                 f"{self.objective.num_sentinels} sentinels"]
@@ -104,6 +106,7 @@ class MixtureData:
             if objective is None:
                 stats = pipeline.length_stats(c.train_pairs, self.tokenizer, data_cfg.max_input_length,
                                               data_cfg.max_target_length)
+                stats.check_targets(c.name, data_cfg.max_target_length)
                 lines.append(stats.describe(f"{c.name} train"))
             else:
                 lines.append(f"{c.name}: objective {data_cfg.objective} "

@@ -15,7 +15,7 @@ from sora_jax import sharding
 from sora_jax.compression.lora import join_params
 from sora_jax.model import EncoderDecoder
 from sora_jax.model.loss import loss_sums, target_weights, teacher_forced_logits
-from sora_jax.training.distill import distillation_loss
+from sora_jax.training.distill import soft_target_sum
 from sora_jax.training.state import TrainingSetup, TrainState
 from sora_jax.training.teacher import Teacher
 
@@ -36,8 +36,8 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: A
 
     trainable: `params -> (trained, frozen)` (LoRA: adapters and, if asked, norms); only the first half is
     differentiated and seen by `tx`, the frozen half comes back as it was. teacher_model (with `teacher_params`,
-    never updated): the loss is `distillation_loss` of the student's logits against the teacher's (no dropout in
-    the teacher), plus the z-loss.
+    never updated): the loss is `distill.distillation_loss` of the student's logits against the teacher's (no
+    dropout in the teacher), plus the z-loss.
     """
     step_rng = jax.random.fold_in(jax.random.wrap_key_data(state.rng, impl=rng_impl), state.step)
     trained, frozen = (state.params, None) if trainable is None else trainable(state.params)
@@ -50,10 +50,11 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: A
                          label_smoothing=label_smoothing, z_loss=z_loss)
         if teacher_model is not None:
             teacher_BLV = teacher_forced_logits(teacher_model, teacher_params, micro)
-            _, aux = distillation_loss(logits_BLV, teacher_BLV, micro["decoder_target_tokens"], weights_BL,
-                                       temperature=temperature, alpha=alpha)
-            sums = {**sums, "kl_sum": aux["kl_sum"], "ce_sum": aux["ce_sum"],
-                    "loss_sum": alpha * aux["kl_sum"] + (1.0 - alpha) * aux["ce_sum"] + sums["z_loss_sum"]}
+            kl_sum = soft_target_sum(logits_BLV, teacher_BLV, weights_BL, temperature=temperature)
+            # loss_sums' cross-entropy, not a second one: label smoothing is refused with distillation.
+            ce_sum = sums["loss_sum"] - sums["z_loss_sum"]
+            sums = {**sums, "kl_sum": kl_sum, "ce_sum": ce_sum,
+                    "loss_sum": alpha * kl_sum + (1.0 - alpha) * ce_sum + sums["z_loss_sum"]}
         return sums["loss_sum"], sums
 
     grad_fn = jax.grad(summed_loss, has_aux=True)
