@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import collections
 import json
+import pickle
 import re
 
 import pytest
@@ -121,6 +122,15 @@ def real_corpus(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("zh_pretrain")
     builder = tasks.get_task("zh_pretrain").make_builder(str(data_dir), {})
     return data_dir, builder, {split: read_split(builder, split) for split in ("train", "validation")}
+
+
+def test_the_prepared_builder_survives_pickling_as_grain_workers_need(real_corpus):
+    # data.num_workers > 0 sends the data source, builder included, to worker processes; TFDS once refused the
+    # unpickled copy of the built-in config as a custom config of the same name.
+    _, builder, splits = real_corpus
+    copy = pickle.loads(pickle.dumps(builder))
+    assert copy.builder_config is builders.ZhPretrainCorpus.BUILDER_CONFIGS[0]
+    assert read_split(copy, "validation") == splits["validation"]
 
 
 def test_real_corpus_counts_and_clean_text(real_corpus):
