@@ -124,13 +124,15 @@ def real_corpus(tmp_path_factory):
     return data_dir, builder, {split: read_split(builder, split) for split in ("train", "validation")}
 
 
-def test_the_prepared_builder_survives_pickling_as_grain_workers_need(real_corpus):
+def test_prepared_builders_survive_pickling_as_grain_workers_need(real_corpus):
     # data.num_workers > 0 sends the data source, builder included, to worker processes; TFDS once refused the
     # unpickled copy of the built-in config as a custom config of the same name.
-    _, builder, splits = real_corpus
+    data_dir, builder, splits = real_corpus
     copy = pickle.loads(pickle.dumps(builder))
     assert copy.builder_config is builders.ZhPretrainCorpus.BUILDER_CONFIGS[0]
     assert read_split(copy, "validation") == splits["validation"]
+    gettext = tasks.get_task("gettext_zh_en").make_builder(str(data_dir), {})  # Also a built-in config.
+    assert pickle.loads(pickle.dumps(gettext)).builder_config is gettext.builder_config
 
 
 def test_real_corpus_counts_and_clean_text(real_corpus):

@@ -22,6 +22,19 @@ DEMO_INSTALL_HINT = 'pip install -e ".[demo]"'
 SPLIT_SEED = 20240517
 
 
+def use_builtin_config(builder_cls: type, kwargs: dict) -> None:
+    """Put the built-in config object back in `kwargs["config"]` when the config given is a copy of one.
+
+    A builder sent to a grain worker process (data.num_workers > 0) is unpickled there with a copy of its config,
+    which tfds refuses as "a custom BuilderConfig named like an available one": it wants the very object.
+    Sora names every other config after a hash of its options, so an equal name means the same config.
+    """
+    name = getattr(kwargs.get("config"), "name", None)
+    builtin = builder_cls.get_builder_config(name) if isinstance(name, str) else None
+    if builtin is not None:
+        kwargs["config"] = builtin
+
+
 def module_code_path(file: str) -> epath.Path:
     """The value for a builder's `code_path` class attribute: the file defining it.
 

@@ -219,6 +219,7 @@ class GettextPairs(tfds.core.GeneratorBasedBuilder):
             kwargs["config"] = self.make_config(
                 lang or "zh_CN", True if strict is None else bool(strict), locale_dir or DEFAULT_LOCALE_DIR
             )
+        _common.use_builtin_config(type(self), kwargs)
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 

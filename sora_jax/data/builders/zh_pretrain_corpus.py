@@ -211,11 +211,7 @@ class ZhPretrainCorpus(tfds.core.GeneratorBasedBuilder):
             if kwargs.get("config") is not None:
                 raise SoraError("ZhPretrainCorpus: pass either config= or locale_dir=/people_daily_file=, not both")
             kwargs["config"] = self.make_config(locale_dir, people_daily_file)
-        config = kwargs.get("config")
-        if isinstance(config, ZhPretrainConfig) and config.name == self.BUILDER_CONFIGS[0].name:
-            # A builder unpickled in a grain worker process brings a copy of the built-in config ("default" is only
-            # ever the default sources), which TFDS refuses as a custom config named like a built-in one.
-            kwargs["config"] = self.BUILDER_CONFIGS[0]
+        _common.use_builtin_config(type(self), kwargs)
         kwargs.setdefault("file_format", "array_record")
         super().__init__(**kwargs)
 
