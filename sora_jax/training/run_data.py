@@ -44,7 +44,8 @@ class TaskData:
         return len(self.train_pairs)
 
     def describe(self, data_cfg: ml_collections.ConfigDict) -> list[str]:
-        """The truncation counts of a supervised task, or the objective of a text task."""
+        """The truncation counts of a supervised task (refusing one none of whose targets fit), or the objective
+        of a text task."""
         if self.objective is None:
             if data_cfg.objective:
                 raise SoraError(f"config.data.objective={data_cfg.objective} is for unlabelled text tasks; task "
@@ -99,7 +100,8 @@ class MixtureData:
         return sum(len(c.train_pairs) for c in self.components)
 
     def describe(self, data_cfg: ml_collections.ConfigDict) -> list[str]:
-        """The mixture table, then each task's truncation or objective line."""
+        """The mixture table, then each task's truncation (refusing a task none of whose targets fit) or objective
+        line."""
         lines = [f"mixture ({data_cfg.mixture_rate} rates):", *mixture.describe(self.components)]
         for c in self.components:
             objective = self.objectives[c.name]
