@@ -178,6 +178,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.lora.alpha = 16.0  # Adapter scale alpha / rank.
     c.lora.targets = LORA_TARGETS
     c.lora.train_norms = False
+    c.lora.base_quantization = ""  # "int8" / "int4": QLoRA, the frozen base stored quantized; "" = float base.
     return c
 
 

@@ -7,6 +7,8 @@ from typing import Any
 
 import ml_collections
 
+# QLoRA base schemes (sora_jax/compression/providers.py SCHEMES; not imported, so config stays free of qwix).
+QLORA_SCHEMES = ("int8", "int4")
 # Layers LoRA can adapt (sora_jax/compression/lora.py; the LM head cannot be).
 LORA_TARGETS = ("q", "k", "v", "o", "wi", "wi_0", "wi_1", "wo")
 
@@ -29,13 +31,18 @@ def validate_distill(distill: ml_collections.ConfigDict, loss: ml_collections.Co
 
 
 def validate_lora(config: ml_collections.ConfigDict, require: Any) -> None:
-    """`config.lora`: rank, alpha and targets, and a pretrained base (ranks too large for a layer are refused when
-    the model is built)."""
+    """`config.lora`: rank, alpha, targets and the QLoRA base scheme, and a pretrained base (ranks too large for a
+    layer are refused when the model is built)."""
     lora = config.lora
     rank = lora.rank
     require(isinstance(rank, int) and not isinstance(rank, bool) and rank >= 0,
             f"config.lora.rank={rank!r} must be an integer >= 1 (or 0 = no LoRA); use e.g. 8.")
+    require(lora.base_quantization in ("", *QLORA_SCHEMES),
+            f"config.lora.base_quantization={lora.base_quantization!r}: use one of {', '.join(QLORA_SCHEMES)} "
+            "(QLoRA) or '' (a float base).")
     if rank == 0:
+        require(not lora.base_quantization, f"config.lora.base_quantization={lora.base_quantization!r} quantizes "
+                "the frozen base of a LoRA run: set config.lora.rank too (e.g. 8).")
         return
     require(bool(config.init_from),
             f"config.lora.rank={rank} needs a pretrained base: set config.init_from=workdir:DIR or hf:DIR (LoRA "

@@ -1,6 +1,7 @@
 """A run directory in a Cloud Storage bucket, against a real local emulator (tests/gcs.py): training killed with
-SIGKILL resumes bitwise; sora-eval, sora-predict and sora-export read the bucket; a bucket that does not exist is
-one line within seconds and no local folder named `gs:` appears.
+SIGKILL resumes bitwise; sora-eval, sora-predict and sora-export read the bucket, and a quantized export is
+written to and served from it; a bucket that does not exist is one line within seconds and no local folder named
+`gs:` appears.
 
 The emulator lacks the conditional writes (object generations) that orbax's OCDBT format needs, so these runs
 write orbax's per-array zarr format (config.checkpoint_ocdbt=false); everything else is as on Cloud Storage.
@@ -113,6 +114,20 @@ def test_bucket_run_killed_resumes_bitwise_then_serves_from_the_bucket(emulator,
 
     _, params, _ = load_hf_t5(tmp_path / "hf")
     for x, y in zip(leaves(got["params"]), leaves(params), strict=True):
+        np.testing.assert_array_equal(x, y)
+
+    # A quantized export written to the bucket serves exactly the params of quantizing the run in memory.
+    int8_export = f"gs://{gcs.BUCKET}/exports/tiny-int8"
+    exported = subprocess.run([sys.executable, "-m", "sora_jax.cli.export", f"--workdir={RUN}",
+                               f"--out={int8_export}", "--quantize=int8"], env=env(emulator), capture_output=True,
+                              text=True, timeout=300)
+    assert exported.returncode == 0, exported.stderr[-3000:]
+    from sora_jax.workdir import load_workdir
+
+    served, in_memory = load_workdir(int8_export), load_workdir(RUN, quantize="int8")
+    assert served.exported and served.step == in_memory.step == 8
+    assert {x.dtype for x in leaves(served.params)} >= {np.dtype(np.int8)}
+    for x, y in zip(leaves(served.params), leaves(in_memory.params), strict=True):
         np.testing.assert_array_equal(x, y)
 
 

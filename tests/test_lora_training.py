@@ -1,4 +1,4 @@
-"""`config.lora`: LoRA fine-tuning of a pretrained base run, its dry run and its merged export (issue #13, item 4)."""
+"""`config.lora`: LoRA and QLoRA fine-tuning of a pretrained base run, dry runs and merged exports (#13, item 4)."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ from sora_jax import checkpoint
 from sora_jax import config as config_lib
 from sora_jax.compression import lora, providers
 from sora_jax.errors import SoraError
+from sora_jax.fine_tuning_config import QLORA_SCHEMES
 from sora_jax.interop import load_hf_t5
 from sora_jax.model import EncoderDecoder
 from sora_jax.training.dry_run import dry_run
@@ -51,6 +52,13 @@ def base_dir(tmp_path_factory, tfds_dir) -> Path:
 def lora_dir(tmp_path_factory, tfds_dir, base_dir) -> Path:
     workdir = tmp_path_factory.mktemp("lora")
     run(lora_config(tfds_dir, base_dir), workdir)
+    return workdir
+
+
+@pytest.fixture(scope="module")
+def qlora_dir(tmp_path_factory, tfds_dir, base_dir) -> Path:
+    workdir = tmp_path_factory.mktemp("qlora")
+    run(lora_config(tfds_dir, base_dir, **{"lora.base_quantization": "int8"}), workdir)
     return workdir
 
 
@@ -105,6 +113,72 @@ def test_export_merges_the_adapters_into_a_plain_model(lora_dir, tmp_path):
         np.testing.assert_allclose(a, np.asarray(b), atol=1e-6)
 
 
+def _train_losses(workdir: Path) -> list[float]:
+    return [e["loss"] for e in map(json.loads, (workdir / "metrics.jsonl").read_text().splitlines())
+            if e["split"] == "train"]
+
+
+def test_qlora_trains_adapters_over_the_int8_quantized_pretrained_base(base_dir, qlora_dir):
+    base, tuned = _params(base_dir), providers.flat(_params(qlora_dir))
+    model_config = load_workdir(base_dir, restore=False).model_config
+    qmodel = lora.lora_model(EncoderDecoder(model_config), RANK, ALPHA, base_scheme="int8")
+    want = providers.flat(providers.quantize_base(EncoderDecoder(model_config), qmodel,
+                                                  jax.tree.map(jax.numpy.asarray, base)))
+    kernels = 0
+    for path, leaf in want.items():  # The saved base is exactly the base run's params quantized, and frozen.
+        if isinstance(leaf, providers.WithAux):
+            kernels += 1
+            assert tuned[(*path, "array", "qvalue")].dtype == np.int8, path
+            np.testing.assert_array_equal(tuned[(*path, "array", "qvalue")], leaf.array.qvalue)
+            np.testing.assert_array_equal(tuned[(*path, "array", "scale")], leaf.array.scale)
+        else:
+            np.testing.assert_array_equal(tuned[path], leaf, err_msg="/".join(path))
+    assert kernels >= 5 * 4 + 1  # Every matmul weight, the LM head included.
+    b_leaves = [x for p, x in tuned.items() if p[-1] == "kernel_lora_b"]
+    assert len(b_leaves) >= 4 * 5 and all(np.abs(b).max() > 0 for b in b_leaves)
+    losses = _train_losses(qlora_dir)
+    assert losses[-1] < losses[0] - 0.1, losses
+
+
+def test_qlora_export_and_serving_are_the_dequantized_base_plus_the_adapters(qlora_dir, tmp_path):
+    from sora_jax.cli.export import main as export_main
+
+    assert export_main([f"--workdir={qlora_dir}", f"--out={tmp_path / 'hf'}"]) == 0
+    _, exported, _ = load_hf_t5(tmp_path / "hf")
+    saved = _params(qlora_dir)
+    # One kernel by hand: qvalue * per-channel scale + (alpha / rank) A @ B.
+    q = saved["encoder"]["layers_0"]["self_attention"]["q"]
+    base_q = q["kernel"]["array"]["qvalue"].astype(np.float32) * q["kernel"]["array"]["scale"]
+    want = base_q + (ALPHA / RANK) * (q["kernel_lora_a"] @ q["kernel_lora_b"]).reshape(base_q.shape)
+    np.testing.assert_allclose(exported["encoder"]["layers_0"]["self_attention"]["q"]["kernel"], want, atol=1e-6)
+    # eval and predict serve the same merged model...
+    restored = load_workdir(qlora_dir)
+    for a, b in zip(jax.tree.leaves(jax.device_get(restored.params)), jax.tree.leaves(exported), strict=True):
+        np.testing.assert_allclose(a, np.asarray(b), atol=1e-6)
+    # ... whose logits are those of the QLoRA model the run trained.
+    ckpt = checkpoint.Checkpointer(qlora_dir / "checkpoints", keep=3)
+    qparams, _ = ckpt.restore_params(load_workdir(qlora_dir, restore=False).saved_abstract_params, None)
+    ckpt.close()
+    qmodel = lora.configured_lora_model(EncoderDecoder(restored.model_config), restored.config.lora)
+    rng = np.random.default_rng(0)
+    enc, dec = rng.integers(2, 100, (2, 10)).astype(np.int32), rng.integers(2, 100, (2, 5)).astype(np.int32)
+    qlora_logits = qmodel.apply({"params": qparams}, enc, dec)
+    plain_logits = EncoderDecoder(restored.model_config).apply({"params": exported}, enc, dec)
+    np.testing.assert_allclose(np.asarray(plain_logits), np.asarray(qlora_logits), atol=1e-4, rtol=1e-4)
+
+
+def test_qlora_resumes_from_its_checkpoint(tfds_dir, base_dir, qlora_dir, tmp_path):
+    import shutil
+
+    resumed = tmp_path / "resumed"
+    shutil.copytree(qlora_dir, resumed)
+    shutil.rmtree(resumed / "checkpoints" / "20")  # Resume from step 10 and train to 20 again.
+    result = run(lora_config(tfds_dir, base_dir, **{"lora.base_quantization": "int8"}), resumed)
+    assert result.resumed_from == 10
+    for a, b in zip(jax.tree.leaves(_params(resumed)), jax.tree.leaves(_params(qlora_dir)), strict=True):
+        np.testing.assert_array_equal(a, b)  # Bitwise the uninterrupted run's step 20.
+
+
 def test_dry_run_reports_adapter_params_and_smaller_optimizer_state(base_dir, tfds_dir, capsys):
     result = dry_run(lora_config(tfds_dir, base_dir))
     out = capsys.readouterr().out
@@ -113,6 +187,13 @@ def test_dry_run_reports_adapter_params_and_smaller_optimizer_state(base_dir, tf
     assert result["opt_bytes_per_device"] < 0.2 * result["full_opt_bytes_per_device"]
     print(f"trainable {result['trainable_params']:,} of {result['full_params']:,}; optimizer bytes/device "
           f"{result['opt_bytes_per_device']:,} vs {result['full_opt_bytes_per_device']:,}")
+    # QLoRA: the same adapters and optimizer state; the base's kernels stored in int8 (the float embedding stays).
+    qlora = dry_run(lora_config(tfds_dir, base_dir, **{"lora.base_quantization": "int8"}))
+    assert "QLoRA: the frozen base stored int8" in capsys.readouterr().out
+    assert qlora["opt_bytes_per_device"] == result["opt_bytes_per_device"]
+    assert qlora["full_param_bytes_per_device"] == result["full_param_bytes_per_device"]
+    assert qlora["param_bytes_per_device"] < 0.7 * result["param_bytes_per_device"]
+    print(f"QLoRA param bytes/device {qlora['param_bytes_per_device']:,} vs LoRA {result['param_bytes_per_device']:,}")
 
 
 def test_bad_lora_settings_are_one_line_before_anything_runs(base_dir, tfds_dir, tmp_path):
@@ -122,7 +203,10 @@ def test_bad_lora_settings_are_one_line_before_anything_runs(base_dir, tfds_dir,
         (dict(**{"lora.targets": ("q", "logits_dense")}), "unknown layer"),
         (dict(**{"lora.alpha": 0.0}), "config.lora.alpha"),
         (dict(init_from=""), "needs a pretrained base"),
+        (dict(**{"lora.base_quantization": "int3"}), "config.lora.base_quantization='int3': use one of int8, int4"),
+        (dict(**{"lora.base_quantization": "int8", "lora.rank": 0}), "set config.lora.rank too"),
     ]
+    assert QLORA_SCHEMES == tuple(providers.SCHEMES)  # The config's list (free of qwix) is the quantizer's.
     for number, (changes, match) in enumerate(cases):
         workdir = tmp_path / str(number)
         with pytest.raises(SoraError, match=match) as error:

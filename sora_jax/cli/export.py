@@ -1,7 +1,7 @@
 """`sora-export`: a trained run's checkpoint in the Hugging Face T5 layout, or with quantized weights.
 
     sora-export --workdir=DIR|gs://... --out=DIR [--step=N|best] [--overwrite]
-    sora-export --workdir=DIR|gs://... --out=LOCAL_DIR --quantize=int8|int4 [--step=N|best] [--overwrite]
+    sora-export --workdir=DIR|gs://... --out=DIR|gs://... --quantize=int8|int4 [--step=N|best] [--overwrite]
 
 With --quantize the export is Sora's own (config.json, tokenizer.model, quantized.json, params/ with int
 weights), served by `sora-predict --workdir=OUT` / `sora-eval --workdir=OUT` exactly as the in-memory

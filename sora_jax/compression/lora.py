@@ -90,6 +90,12 @@ def lora_model(model: EncoderDecoder, rank: int, alpha: float, *, targets: Seque
     return lmodel
 
 
+def configured_lora_model(model: EncoderDecoder, lora_config: Any) -> EncoderDecoder:
+    """`lora_model` from a run's `config.lora` block (rank, alpha, targets, base_quantization)."""
+    return lora_model(model, lora_config.rank, lora_config.alpha, targets=tuple(lora_config.targets),
+                      base_scheme=lora_config.base_quantization or None)
+
+
 def init_lora_params(lmodel: EncoderDecoder, params: Any, rng: jax.Array) -> Any:
     """`params` (the base model's float params, or already quantized ones for QLoRA) plus fresh adapters.
 

@@ -12,12 +12,12 @@ stays float too. The bias tables and scales are a few thousand numbers.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 import jax
 import orbax.checkpoint as ocp
 
+from sora_jax import paths
 from sora_jax.compression import providers
 from sora_jax.errors import SoraError
 from sora_jax.model import EncoderDecoder
@@ -45,12 +45,13 @@ def param_bytes(tree: Any) -> int:
     return providers.tree_bytes(tree)
 
 
-def save_quantized_params(directory: str | Path, qparams: Any) -> None:
-    """Writes quantized params (int qvalues and float scales as they are) to a new orbax checkpoint directory."""
-    directory = Path(directory).absolute()
+def save_quantized_params(directory: paths.PathLike, qparams: Any, *, use_ocdbt: bool = True) -> None:
+    """Writes quantized params (int qvalues and float scales as they are) to a new orbax checkpoint directory,
+    local or in a bucket; `use_ocdbt` as in config.checkpoint_ocdbt (restoring reads either format)."""
+    directory = paths.as_path(directory)
     if directory.exists():
         raise SoraError(f"{directory} already exists; save quantized params to a new directory.")
-    with ocp.StandardCheckpointer() as writer:
+    with ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=use_ocdbt)) as writer:
         writer.save(directory, qparams)
 
 
@@ -58,14 +59,14 @@ def _path_name(path: tuple) -> str:
     return "/".join(str(getattr(k, "key", getattr(k, "name", getattr(k, "idx", k)))) for k in path)
 
 
-def restore_quantized_params(directory: str | Path, qmodel: EncoderDecoder,
+def restore_quantized_params(directory: paths.PathLike, qmodel: EncoderDecoder,
                              sharding: jax.sharding.Sharding | None = None) -> Any:
     """Reads params saved by `save_quantized_params` for `qmodel` (from `quantized_model(model, scheme)`).
 
     Every leaf is placed with `sharding` (default: the first device). A checkpoint of another scheme or model
     size is a SoraError rather than a silent cast.
     """
-    directory = Path(directory).absolute()
+    directory = paths.as_path(directory)
     if not (directory / "_METADATA").is_file():
         raise SoraError(f"{directory} holds no saved params; pass a directory written by save_quantized_params.")
     sharding = sharding or jax.sharding.SingleDeviceSharding(jax.devices()[0])

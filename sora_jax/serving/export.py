@@ -8,8 +8,6 @@ run's adapters are merged into their kernels first, so it is a plain model); the
 
 from __future__ import annotations
 
-import shutil
-
 import jax
 
 from sora_jax import checkpoint, paths
@@ -39,6 +37,12 @@ def export_workdir(workdir: str, out: str, step: int | str | None = None, *, ove
     work = Workdir(workdir)
     config, _ = work.load_config()
     check_out_dir(out, overwrite)
+    if config.lora.base_quantization:
+        # A QLoRA checkpoint's base is qwix's quantized arrays, which only a restore into the QLoRA model's own
+        # layout reads back; load_workdir does that and merges (dequantized base + adapters) on devices.
+        run = load_workdir(work, step=step)
+        save_hf_t5(out, run.model_config, jax.device_get(run.params), run.tokenizer)
+        return run.step
     if step == BEST:
         step, params_item = checkpoint.BestCheckpoint.saved(work.best_dir)
         key = None
@@ -66,14 +70,13 @@ def export_workdir(workdir: str, out: str, step: int | str | None = None, *, ove
 def export_quantized(workdir: str, out: str, step: int | str | None = None, *, scheme: str,
                      overwrite: bool = False) -> tuple[int, str]:
     """Write checkpoint `step` (default: the newest; "best") of `workdir` with `scheme` ("int8", "int4") weights
-    to the local folder `out`, as a quantized export -> (the training step exported, the param bytes note).
+    to the folder `out` (local or gs://), as a quantized export -> (the training step exported, the param bytes note).
 
     The params are quantized as `load_workdir(workdir, quantize=scheme)` quantizes them, and saved as they are
     (int qvalues, float scales), so the export serves exactly the in-memory PTQ model's outputs.
     """
     quantized.check_scheme(scheme)
     target = paths.as_path(out)
-    quantized.check_local(target, "--out")
     check_out_dir(out, overwrite)
     source = paths.as_path(workdir)
     if quantized.read_manifest(source) is not None:
@@ -83,12 +86,12 @@ def export_quantized(workdir: str, out: str, step: int | str | None = None, *, s
     config.tokenizer.model_path = ""  # The export carries its own tokenizer.model.
     params_dir = target / quantized.PARAMS_DIR
     if overwrite and params_dir.exists():
-        shutil.rmtree(params_dir)
+        paths.remove_tree(params_dir)
     target.mkdir(parents=True, exist_ok=True)
     paths.write_text(target / "config.json",
                      config_lib.to_json(config, **{directory_lib.FORMAT_KEY: directory_lib.FORMAT}))
     paths.write_bytes(target / "tokenizer.model", run.tokenizer.model_proto())
-    save_quantized_params(str(params_dir), run.params)
+    save_quantized_params(params_dir, run.params, use_ocdbt=run.config.checkpoint_ocdbt)
     # Written last: a folder without it is not read as an export, so an interrupted export is not served.
     paths.write_text(target / quantized.MANIFEST_FILE, quantized.manifest_text(scheme, run.step, run.from_best,
                                                                                str(source)))

@@ -10,7 +10,6 @@ import math
 from typing import Any
 
 import jax
-import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
@@ -39,8 +38,8 @@ def _bytes_per_device(abstract_tree: object) -> int:
     total = 0
     for leaf in jax.tree.leaves(abstract_tree):
         shard_shape = leaf.sharding.shard_shape(leaf.shape)
-        total += math.prod(shard_shape) * jnp.dtype(leaf.dtype).itemsize
-    return total
+        total += math.prod(shard_shape) * jax.dtypes.itemsize_bits(leaf.dtype)
+    return (total + 7) // 8  # int4 (a QLoRA base) counts 4 bits, as TPU/GPU pack it.
 
 
 def _gib(num_bytes: float) -> str:
@@ -130,8 +129,12 @@ def _lora_summary(config: ml_collections.ConfigDict, model_config: Any, mesh: ja
     print(f"LoRA rank {config.lora.rank} on {', '.join(config.lora.targets)}: trains {trainable:,} of "
           f"{params_lib.count(setup.abstract_state.params):,} parameters; optimizer state per device "
           f"{opt_bytes:,} bytes vs {full_bytes:,} for full fine-tuning ({opt_bytes / full_bytes:.1%})")
+    param_bytes, float_bytes = _bytes_per_device(setup.abstract_state.params), _bytes_per_device(full.params)
+    if config.lora.base_quantization:
+        print(f"QLoRA: the frozen base stored {config.lora.base_quantization}; params per device {param_bytes:,} "
+              f"bytes (adapters included) vs {float_bytes:,} with a float base ({param_bytes / float_bytes:.1%})")
     return {"trainable_params": trainable, "full_opt_bytes_per_device": full_bytes,
-            "full_params": params_lib.count(full.params)}
+            "full_params": params_lib.count(full.params), "full_param_bytes_per_device": float_bytes}
 
 
 def _print_flops(config: ml_collections.ConfigDict, model_config: Any, mesh: jax.sharding.Mesh) -> float:

@@ -125,7 +125,7 @@ def build_training_setup(config: ml_collections.ConfigDict, model_config: ModelC
     """
     model, trainable = EncoderDecoder(model_config), None
     if config.lora.rank:  # Rank, alpha and targets were validated; a rank too large for a layer is refused here.
-        model = lora.lora_model(model, config.lora.rank, config.lora.alpha, targets=tuple(config.lora.targets))
+        model = lora.configured_lora_model(model, config.lora)
         trainable = functools.partial(lora.split_trainable, train_norms=config.lora.train_norms)
     schedule = optimizer_lib.learning_rate_schedule(config.optimizer, config.num_train_steps)
     tx = optimizer_lib.make_optimizer(config.optimizer, schedule)

@@ -91,8 +91,9 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: A
         "z_loss": sums["z_loss_sum"] / weight,
         "token_accuracy": sums["correct_sum"] / weight,
         "grad_norm": optax.tree.norm(grads),
-        # One cheap reduction that catches an update which overflowed the params, before they are saved.
-        "param_norm": optax.tree.norm(params),
+        # One cheap reduction that catches an update which overflowed the params, before they are saved; over
+        # the trained half only, as the frozen one does not change (and under QLoRA holds integers).
+        "param_norm": optax.tree.norm(trained),
         "learning_rate": schedule(state.step),
         "tokens": _real_tokens(batch).astype(jnp.float32),
     }

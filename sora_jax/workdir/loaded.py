@@ -196,7 +196,7 @@ def load_workdir(workdir: str | Workdir, overrides: Mapping[str, Any] | None = N
     abstract_params, param_shardings = params_lib.abstract_params(params_lib.init_fn(model), mesh, rules)
     saved_abstract = None
     if config.lora.rank:
-        adapted = lora.lora_model(model, config.lora.rank, config.lora.alpha, targets=tuple(config.lora.targets))
+        adapted = lora.configured_lora_model(model, config.lora)
         saved_abstract, _ = params_lib.abstract_params(params_lib.init_fn(adapted), mesh, rules)
     if quantize:
         model, param_shardings = quantized.serving_layout(model, param_shardings, mesh, quantize)

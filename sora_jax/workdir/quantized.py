@@ -92,15 +92,7 @@ def manifest_text(scheme: str, step: int, from_best: bool, source: str) -> str:
     return json.dumps({"scheme": scheme, "step": step, "from_best": from_best, "source": source}, indent=2) + "\n"
 
 
-def check_local(path: epath.Path, what: str) -> None:
-    """Quantized params are written and read through local paths only (the orbax calls take pathlib paths)."""
-    if paths.is_remote(path):
-        raise SoraError(f"{what} {path} is in a bucket; quantized exports are written and read on a local disk "
-                        "(copy the folder, e.g. with gcloud storage cp -r).")
-
-
 def restore_export(path: epath.Path, qmodel: EncoderDecoder, shardings: Any, mesh: jax.sharding.Mesh) -> Any:
     """The quantized params of the export at `path`, exactly as saved, placed on `shardings`."""
-    check_local(path, "quantized export")
-    params = restore_quantized_params(str(path / PARAMS_DIR), qmodel, sharding.replicated(mesh))
+    params = restore_quantized_params(path / PARAMS_DIR, qmodel, sharding.replicated(mesh))
     return jax.device_put(params, shardings)
