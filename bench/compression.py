@@ -2,13 +2,14 @@
 in one run (by hand, not a test).
 
     python bench/compression.py --runs NAME=WORKDIR[@STEP|@best],... [--schemes float,int8] [--decode_examples 256]
+        [--max_eval_examples N]
 
-Each run is evaluated on its whole test split (sora-eval's path: `evaluate_workdir`, the task's default
-decoding) with each scheme; "float" is the checkpoint as trained, int8/int4 its post-training weight-only
-quantization (`--quantize`). A run trained with `config.quantization.qat` is listed like any other: its int8
-row is the QAT result. Decoding speed: the first --decode_examples test inputs through `Predictor.predict`
-(greedy, then beam 4), batch 32, after a warm-up pass that compiles; tokens/s counts the generated tokens of
-each output (its pieces plus EOS), median of --repeats passes.
+Each run is evaluated on its whole test split, or its first --max_eval_examples (sora-eval's path:
+`evaluate_workdir`, the task's default decoding) with each scheme; "float" is the checkpoint as trained,
+int8/int4 its post-training weight-only quantization (`--quantize`). A run trained with
+`config.quantization.qat` is listed like any other: its int8 row is the QAT result. Decoding speed: the first
+--decode_examples test inputs through `Predictor.predict` (greedy, then beam 4), batch 32, after a warm-up pass
+that compiles; tokens/s counts the generated tokens of each output (its pieces plus EOS), median of --repeats passes.
 """
 
 from __future__ import annotations
@@ -30,6 +31,7 @@ def parse_args() -> argparse.Namespace:
     parser.add_argument("--runs", required=True, help="comma-separated NAME=WORKDIR[@STEP|@best]")
     parser.add_argument("--schemes", default="float,int8", help="float and/or int8, int4")
     parser.add_argument("--decode_examples", type=int, default=256)
+    parser.add_argument("--max_eval_examples", type=int, default=0, help="0 = the whole test split")
     parser.add_argument("--repeats", type=int, default=3)
     return parser.parse_args()
 
@@ -54,8 +56,8 @@ def decode_tokens_per_s(predictor: Predictor, inputs: list[str], repeats: int, *
 
 def bench_run(name: str, path: str, step: int | str | None, scheme: str, args: argparse.Namespace) -> str:
     quantize = "" if scheme == "float" else scheme
-    (result,) = evaluate_workdir(path, split="test", step=step, quantize=quantize, say=lambda _: None,
-                                 note=lambda _: None)
+    (result,) = evaluate_workdir(path, split="test", step=step, quantize=quantize, max_examples=args.max_eval_examples,
+                                 say=lambda _: None, note=lambda _: None)
     metrics = ", ".join(f"{k} {v:.4f}" for k, v in result.metrics.items() if k not in ("loss", "target_tokens"))
     predictor = Predictor.from_workdir(path, step, quantize=quantize)
     inputs = [p["input"] for p in result.predictions[: args.decode_examples]]

@@ -33,7 +33,8 @@ def check_out_dir(out: str, overwrite: bool) -> None:
 
 def export_workdir(workdir: str, out: str, step: int | str | None = None, *, overwrite: bool = False) -> int:
     """Write checkpoint `step` (default: the newest; "best": `<workdir>/best`) of `workdir` to `out`; return the
-    training step exported. Reads only params, as host arrays: export needs no devices of the saving mesh."""
+    training step exported. Reads only params, as host arrays: export needs no devices of the saving mesh (a QLoRA
+    run's are restored onto this machine's devices and merged there)."""
     work = Workdir(workdir)
     config, _ = work.load_config()
     check_out_dir(out, overwrite)

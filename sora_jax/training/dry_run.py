@@ -129,8 +129,9 @@ def _lora_summary(config: ml_collections.ConfigDict, model_config: Any, mesh: ja
     print(f"LoRA rank {config.lora.rank} on {', '.join(config.lora.targets)}: trains {trainable:,} of "
           f"{params_lib.count(setup.abstract_state.params):,} parameters; optimizer state per device "
           f"{opt_bytes:,} bytes vs {full_bytes:,} for full fine-tuning ({opt_bytes / full_bytes:.1%})")
-    param_bytes, float_bytes = _bytes_per_device(setup.abstract_state.params), _bytes_per_device(full.params)
+    float_bytes = _bytes_per_device(full.params)
     if config.lora.base_quantization:
+        param_bytes = _bytes_per_device(setup.abstract_state.params)
         print(f"QLoRA: the frozen base stored {config.lora.base_quantization}; params per device {param_bytes:,} "
               f"bytes (adapters included) vs {float_bytes:,} with a float base ({param_bytes / float_bytes:.1%})")
     return {"trainable_params": trainable, "full_opt_bytes_per_device": full_bytes,
