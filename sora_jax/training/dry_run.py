@@ -133,7 +133,8 @@ def _lora_summary(config: ml_collections.ConfigDict, model_config: Any, mesh: ja
     if config.lora.base_quantization:
         param_bytes = _bytes_per_device(setup.abstract_state.params)
         print(f"QLoRA: the frozen base stored {config.lora.base_quantization}; params per device {param_bytes:,} "
-              f"bytes (adapters included) vs {float_bytes:,} with a float base ({param_bytes / float_bytes:.1%})")
+              f"bytes (adapters included) vs {float_bytes:,} for the float model alone "
+              f"({param_bytes / float_bytes:.1%})")
     return {"trainable_params": trainable, "full_opt_bytes_per_device": full_bytes,
             "full_params": params_lib.count(full.params), "full_param_bytes_per_device": float_bytes}
 
