@@ -20,10 +20,8 @@ from jax.experimental import multihost_utils
 
 from sora_jax import checkpoint, paths, sharding
 from sora_jax import config as config_lib
-from sora_jax.compression import lora, providers
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator, format_metrics
-from sora_jax.model import EncoderDecoder
 from sora_jax.model import params as params_lib
 from sora_jax.training import flops, pretrained, run_data
 from sora_jax.training import state as state_lib
@@ -100,24 +98,6 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
                             f"process(es); use a multiple of {np.lcm(dp, processes)}.")
 
 
-def _pretrained_params(config: ml_collections.ConfigDict, model_config: Any, setup: state_lib.TrainingSetup,
-                       fresh_params: Any, mesh: jax.sharding.Mesh, rules: Any) -> Any:
-    """The params of config.init_from on the train state's shardings; under LoRA with the fresh adapters (an
-    exact no-op: B is zero) added, and under QLoRA with the base quantized first."""
-    if not config.lora.rank:
-        return pretrained.load_pretrained_params(config.init_from, model_config, setup.state_shardings.params)
-    adapters, _ = lora.split_trainable(fresh_params)
-    _, base_shardings = lora.split_trainable(setup.state_shardings.params)
-    if not config.lora.base_quantization:
-        return lora.join_params(adapters, pretrained.load_pretrained_params(config.init_from, model_config,
-                                                                            base_shardings))
-    float_model = EncoderDecoder(model_config)
-    _, float_shardings = params_lib.abstract_params(params_lib.init_fn(float_model), mesh, rules)
-    base = pretrained.load_pretrained_params(config.init_from, model_config, float_shardings)
-    quantized_base = jax.device_put(providers.quantize_base(float_model, setup.model, base), base_shardings)
-    return lora.join_params(adapters, quantized_base)
-
-
 def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunResult:
     """Train (or resume training) `config` in `workdir` (a local path or a bucket URL), evaluate on the test
     split, return the results."""
@@ -164,7 +144,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
         state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, config.seed,
                                            setup.rng_impl, setup.trainable)
         if config.init_from:
-            state = state.replace(params=_pretrained_params(config, model_config, setup, state.params, mesh, rules))
+            state = state.replace(params=pretrained.train_params(config, model_config, setup, state.params, mesh,
+                                                                    rules))
             log.print(f"initialized the parameters from {config.init_from}")
         resumed_from = None
     else:

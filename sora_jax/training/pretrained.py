@@ -19,12 +19,15 @@ import jax
 import ml_collections
 
 from sora_jax import config as config_lib
+from sora_jax.compression import lora, providers
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
 from sora_jax.interop import load_hf_t5
 from sora_jax.interop.hf_t5 import hf_extra_ids
 from sora_jax.interop.hf_t5_config import config_from_hf
-from sora_jax.model import ModelConfig
+from sora_jax.model import EncoderDecoder, ModelConfig
+from sora_jax.model import params as params_lib
+from sora_jax.training.state import TrainingSetup
 from sora_jax.workdir import BEST, Workdir, load_workdir
 
 HF, WORKDIR = "hf:", "workdir:"
@@ -145,3 +148,20 @@ def load_pretrained_params(init_from: str, model_config: ModelConfig, param_shar
                               param_dtype=model_config.param_dtype, scan_layers=model_config.scan_layers,
                               shardings=param_shardings)
     return params
+
+
+def train_params(config: ml_collections.ConfigDict, model_config: ModelConfig, setup: TrainingSetup,
+                 fresh_params: Any, mesh: jax.sharding.Mesh, rules: Any) -> Any:
+    """The params of config.init_from on the train state's shardings; under LoRA with the fresh adapters (an
+    exact no-op: B is zero) added, and under QLoRA with the base quantized first."""
+    if not config.lora.rank:
+        return load_pretrained_params(config.init_from, model_config, setup.state_shardings.params)
+    adapters, _ = lora.split_trainable(fresh_params)
+    _, base_shardings = lora.split_trainable(setup.state_shardings.params)
+    if not config.lora.base_quantization:
+        return lora.join_params(adapters, load_pretrained_params(config.init_from, model_config, base_shardings))
+    float_model = EncoderDecoder(model_config)
+    _, float_shardings = params_lib.abstract_params(params_lib.init_fn(float_model), mesh, rules)
+    base = load_pretrained_params(config.init_from, model_config, float_shardings)
+    quantized_base = jax.device_put(providers.quantize_base(float_model, setup.model, base), base_shardings)
+    return lora.join_params(adapters, quantized_base)
