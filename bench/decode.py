@@ -5,7 +5,7 @@
 Model: the `t5_v1_1_small` preset (8+8 layers, d_model 512, 6 heads, vocab 32128; 77M parameters), random
 params (normal, fan-in scaled), float32, on the CPU (or whatever jax's default device is).
 
-- "KV cache": `decoding.greedy_decode` / `decoding.beam_search` (one compiled while-loop each; each step feeds
+- "KV cache": `search.greedy_decode` / `search.beam_search` (one compiled while-loop each; each step feeds
   one token per row and reads keys/values of earlier tokens from the cache).
 - "no cache": the same model decoding by re-running the decoder over the whole growing prefix at every step
   (a teacher-forced forward of [start, y1, ..., yt] whose last position gives the next token), one jitted step
@@ -32,7 +32,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import linen as nn
 
-from sora_jax import decoding
+from sora_jax.decoding import search
 from sora_jax.model import EncoderDecoder, ModelConfig
 
 
@@ -101,8 +101,8 @@ def main() -> None:
     encode = jax.jit(lambda p, x: model.apply({"params": p}, x, method=model.encode))
 
     # --- with the cache -----------------------------------------------------------------------------------
-    greedy = jax.jit(functools.partial(decoding.greedy_decode, model=model, max_length=L))
-    beam = jax.jit(functools.partial(decoding._beam_loop, model=model, max_length=L, beam_size=N, alpha=0.6))
+    greedy = jax.jit(functools.partial(search.greedy_decode, model=model, max_length=L))
+    beam = jax.jit(functools.partial(search._beam_loop, model=model, max_length=L, beam_size=N, alpha=0.6))
     rows = []
     t = time.perf_counter()
     greedy_s, greedy_tokens = timed(lambda: greedy(params, enc_BS), args.repeats)

@@ -42,8 +42,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))  # bench/peers.py, when
 import peers  # noqa: E402
 
 from sora_jax import config as config_lib  # noqa: E402
-from sora_jax import decoding, sharding  # noqa: E402
+from sora_jax import sharding  # noqa: E402
 from sora_jax.data.pipeline import BATCH_KEYS  # noqa: E402
+from sora_jax.decoding import search as decoding  # noqa: E402
 from sora_jax.interop.hf_t5 import save_hf_t5  # noqa: E402
 from sora_jax.model import EncoderDecoder, ModelConfig  # noqa: E402
 from sora_jax.training import flops  # noqa: E402

@@ -13,7 +13,7 @@ from test_decoding import penalised_scores, reference_greedy, to_scanned
 
 from sora_jax import compression
 from sora_jax.compression import providers
-from sora_jax.decoding import DecodeOptions, beam_search, decode
+from sora_jax.decoding.search import DecodeOptions, beam_search, decode
 from sora_jax.errors import SoraError
 from sora_jax.model import PRESETS, EncoderDecoder, ModelConfig, shift_right
 from sora_jax.model.loss import loss_sums, teacher_forced_logits

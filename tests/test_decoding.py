@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 from model_params import random_params
 
-from sora_jax import decoding
-from sora_jax.decoding import DecodeOptions, beam_search, decode, greedy_decode, length_penalty, sample_decode
+from sora_jax.decoding import search
+from sora_jax.decoding.search import DecodeOptions, beam_search, decode, greedy_decode, length_penalty, sample_decode
 from sora_jax.errors import SoraError
 from sora_jax.model import PRESETS, EncoderDecoder, ModelConfig, shift_right
 
@@ -270,11 +270,11 @@ def test_temperature_and_nucleus_give_the_renormalised_distribution():
 def test_loops_stop_as_soon_as_every_row_emits_eos():
     model, params = make_model(), eos_first_params()
     batch, long = ENC.shape[0], 1000
-    greedy = jit(functools.partial(decoding._token_loop, model=model, max_length=long, choose=decoding._argmax))
+    greedy = jit(functools.partial(search._token_loop, model=model, max_length=long, choose=search._argmax))
     tokens, steps = greedy(params, ENC)
-    beam = jit(functools.partial(decoding._beam_loop, model=model, max_length=long, beam_size=4, alpha=0.6))
+    beam = jit(functools.partial(search._beam_loop, model=model, max_length=long, beam_size=4, alpha=0.6))
     beams, scores, beam_steps = beam(params, ENC)
-    sample = jit(functools.partial(decoding._sample_loop, model=model, max_length=long, temperature=1.0,
+    sample = jit(functools.partial(search._sample_loop, model=model, max_length=long, temperature=1.0,
                                    top_k=0, top_p=1.0))
     samples, sample_steps = sample(params, ENC, jax.random.key(0))
     want = np.zeros((batch, long), np.int32)

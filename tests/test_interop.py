@@ -26,7 +26,7 @@ from safetensors.numpy import save_file
 
 from sora_jax import sharding
 from sora_jax.config import DEFAULT_LOGICAL_AXIS_RULES
-from sora_jax.decoding import greedy_decode
+from sora_jax.decoding.search import greedy_decode
 from sora_jax.errors import SoraError
 from sora_jax.interop import load_hf_t5, save_hf_t5
 from sora_jax.interop.hf_t5_config import config_from_hf, config_to_hf

@@ -20,8 +20,8 @@ from sora_jax import config as config_lib
 from sora_jax.cli.predict import main
 from sora_jax.data.tasks import TASKS, get_task
 from sora_jax.data.tokenizer import EOS_ID
-from sora_jax.decoder import task_decode_options
-from sora_jax.decoding import greedy_decode
+from sora_jax.decoding.generator import task_decode_options
+from sora_jax.decoding.search import greedy_decode
 from sora_jax.errors import SoraError
 from sora_jax.model import shift_right
 from sora_jax.training.loop import run

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from sora_jax.decoding import METHODS
+from sora_jax.decoding.search import METHODS
 from sora_jax.workdir import BEST
 
 DECODE_FLAGS = ("method", "beam_size", "alpha", "max_length", "temperature", "top_k", "top_p", "seed")

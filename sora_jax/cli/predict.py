@@ -108,8 +108,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     args, overrides = parse_args(sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
-        from sora_jax import decoder as decoder_lib
         from sora_jax import paths
+        from sora_jax.decoding import generator
         from sora_jax.errors import SoraError
         from sora_jax.serving.predictor import Predictor
 
@@ -129,7 +129,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                                    batch_size=args.batch_size, jsonl=args.jsonl, raw=args.raw, decode=decode)
         empty, truncated = report["empty"], report["truncated"]
         print(f"sora-predict: {report['lines'][0]} line(s), {report['lines'][0] - len(empty)} predicted with step "
-              f"{predictor.step} ({decoder_lib.describe(options)})", file=sys.stderr)
+              f"{predictor.step} ({generator.describe(options)})", file=sys.stderr)
         if not_utf8:
             print(f"sora-predict: {len(not_utf8)} input line(s) were not valid UTF-8 ({_line_list(not_utf8)}); their "
                   "undecodable bytes were replaced by U+FFFD before predicting", file=sys.stderr)

@@ -34,7 +34,7 @@ def quantize_model(model: EncoderDecoder, params: Any, scheme: str) -> tuple[Enc
 
     qparams holds qwix quantized weights (int qvalue + float32 per-channel scale) where `params` had float
     kernels, and the float embedding, position bias and norm leaves unchanged. Use the pair wherever a model and
-    its params go: `decoding.decode(qparams, tokens, options, model=qmodel)`, `qmodel.apply(...)`.
+    its params go: `search.decode(qparams, tokens, options, model=qmodel)`, `qmodel.apply(...)`.
     """
     qmodel = quantized_model(model, scheme)
     return qmodel, providers.quantize_base(model, qmodel, params)

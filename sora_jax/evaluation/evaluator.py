@@ -1,7 +1,7 @@
 """Evaluation of a split: teacher-forced loss and token accuracy, plus the task's metrics on decoded text.
 
 Training's periodic eval decodes greedily; `sora-eval` passes other DecodeOptions (beam search, sampling)
-through the same code and the same `Decoder` the Predictor uses.
+through the same code and the same `Generator` the Predictor uses.
 """
 
 from __future__ import annotations
@@ -15,8 +15,8 @@ from sora_jax import sharding
 from sora_jax.data import builders, pipeline
 from sora_jax.data.tasks import Task
 from sora_jax.data.tokenizer import Tokenizer
-from sora_jax.decoder import Decoder, default_max_length
-from sora_jax.decoding import DecodeOptions
+from sora_jax.decoding.generator import Generator, default_max_length
+from sora_jax.decoding.search import DecodeOptions
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.eval_step import compile_eval_step
 from sora_jax.evaluation.metrics import text_metrics
@@ -39,10 +39,10 @@ class Evaluator:
         self._data_cfg = data_cfg
         self.objective = objective
         if share_with is not None:  # Another task of the same model (a mixture): reuse its compiled steps.
-            self._eval_step, self._decoder = share_with._eval_step, share_with._decoder
+            self._eval_step, self._generator = share_with._eval_step, share_with._generator
         else:
             self._eval_step = compile_eval_step(model, param_shardings, mesh)
-            self._decoder = Decoder(model, param_shardings, mesh)
+            self._generator = Generator(model, param_shardings, mesh)
         if decode_options is None:
             decode_options = DecodeOptions(
                 method="greedy", max_length=default_max_length(task, tokenizer, data_cfg.max_target_length))
@@ -86,7 +86,7 @@ class Evaluator:
             totals = sums if totals is None else jax.tree.map(lambda a, b: a + b, totals, sums)
             if self.objective is not None:
                 continue
-            output = self._decoder.decode(params, arrays["encoder_input_tokens"], self.decode_options)
+            output = self._generator.decode(params, arrays["encoder_input_tokens"], self.decode_options)
             texts = self.tokenizer.decode(np.asarray(jax.device_get(output))[: len(batch.targets)])
             predictions += [{"input": i, "target": t, "prediction": p}
                             for i, t, p in zip(batch.inputs, batch.targets, texts, strict=True)]

@@ -22,8 +22,8 @@ import jax
 import numpy as np
 from etils import epath
 
-from sora_jax import decoder as decoder_lib
 from sora_jax import distributed, paths
+from sora_jax.decoding import generator
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator, format_metrics
 from sora_jax.workdir import LoadedRun, load_workdir
@@ -93,7 +93,7 @@ def evaluate_workdir(workdir: str, *, split: str = "validation", step: int | str
     run = load_workdir(workdir, overrides, step=step, restore=False, quantize=quantize)
     for text in run.notes:
         note(text)
-    options = decoder_lib.task_decode_options(run.task, run.tokenizer, run.config.data.max_target_length,
+    options = generator.task_decode_options(run.task, run.tokenizer, run.config.data.max_target_length,
                                               **(decode or {}))
     if max_examples < 0:
         raise SoraError(f"--max_examples={max_examples} must be >= 0 (0 = the whole split).")
@@ -113,7 +113,7 @@ def evaluate_workdir(workdir: str, *, split: str = "validation", step: int | str
     weights = f", {run.quantization} weights" if run.quantization else ""
     suffix = f"_{run.quantization}" if run.quantization else ""  # Quantized results sit next to the float ones.
     say(f"workdir {run.workdir} | task {run.task.name} | split {split} ({examples} examples) | decoding "
-        f"{decoder_lib.describe(options)} | mesh {dict(run.mesh.shape)} | checkpoints {shown}{weights}")
+        f"{generator.describe(options)} | mesh {dict(run.mesh.shape)} | checkpoints {shown}{weights}")
     results = []
     for current in steps:
         loaded = run.with_step(current)

@@ -114,7 +114,7 @@ def _positions(tokens_BL: jax.Array, positions_BL: jax.Array | None) -> jax.Arra
     return jnp.arange(tokens_BL.shape[1], dtype=jnp.int32)[None, :]
 
 
-class Encoder(nn.Module):
+class EncoderStack(nn.Module):
     """Embedding -> dropout -> layers (sharing one bidirectional position bias) -> final norm -> dropout."""
 
     config: ModelConfig
@@ -139,7 +139,7 @@ class Encoder(nn.Module):
         return nn.with_logical_constraint(drop(x_BLD, deterministic=deterministic), ACT_BLD)
 
 
-class Decoder(nn.Module):
+class DecoderStack(nn.Module):
     """Embedding -> layers (sharing one causal position bias) -> final norm -> dropout -> float32 logits.
 
     Decoding state: besides the per-layer attention caches, "cache/cache_index" (a scalar) counts the
@@ -242,8 +242,8 @@ class EncoderDecoder(nn.Module):
 
     def setup(self) -> None:
         self.shared = Embed(self.config)
-        self.encoder = Encoder(self.config, embed=self.shared)
-        self.decoder = Decoder(self.config, embed=self.shared)
+        self.encoder = EncoderStack(self.config, embed=self.shared)
+        self.decoder = DecoderStack(self.config, embed=self.shared)
 
     def encode(self, encoder_input_tokens: jax.Array, *, encoder_segment_ids: jax.Array | None = None,
                encoder_positions: jax.Array | None = None, enable_dropout: bool = False) -> jax.Array:

@@ -24,9 +24,9 @@ from typing import Any
 import jax
 import numpy as np
 
-from sora_jax import decoder as decoder_lib
 from sora_jax.data.pipeline import with_eos
 from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
+from sora_jax.decoding import generator
 from sora_jax.errors import SoraError
 from sora_jax.workdir import LoadedRun, load_workdir
 
@@ -80,7 +80,7 @@ class Predictor:
         if run.params is None:
             raise SoraError("Predictor needs a run with restored params: use Predictor.from_workdir(path).")
         self.run = run
-        self._decoder = decoder_lib.Decoder(run.model, run.param_shardings, run.mesh)
+        self._generator = generator.Generator(run.model, run.param_shardings, run.mesh)
 
     @classmethod
     def from_workdir(cls, path: str, step: int | str | None = None, *, quantize: str = "",
@@ -118,7 +118,7 @@ class Predictor:
 
     def decode_options(self, **decode: Any) -> Any:
         """DecodeOptions from `predict`'s keyword arguments, with the task's defaults for what is None."""
-        return decoder_lib.task_decode_options(self.task, self.tokenizer, self.run.config.data.max_target_length,
+        return generator.task_decode_options(self.task, self.tokenizer, self.run.config.data.max_target_length,
                                                **decode)
 
     def predict(self, texts: Sequence[str], *, raw: bool = False, batch_size: int = 32, **decode: Any) -> list[str]:
@@ -156,8 +156,8 @@ class Predictor:
             rng = jax.random.key(options.seed)
             rng = rng if index == 0 else jax.random.fold_in(rng, index)
             with self.run.activate():
-                output = self._decoder.decode(self.run.params, padded, options, rng)
-                scores = (np.asarray(jax.device_get(self._decoder.score(self.run.params, padded, output)))
+                output = self._generator.decode(self.run.params, padded, options, rng)
+                scores = (np.asarray(jax.device_get(self._generator.score(self.run.params, padded, output)))
                           if with_scores else np.full(rows, np.nan))
             output = np.asarray(jax.device_get(output))[: len(chunk)]
             texts_out = self.tokenizer.decode(output)

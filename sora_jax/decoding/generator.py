@@ -16,7 +16,7 @@ from jax.sharding import Mesh
 from sora_jax import sharding
 from sora_jax.data.tasks import Task
 from sora_jax.data.tokenizer import Tokenizer
-from sora_jax.decoding import DecodeOptions, decode
+from sora_jax.decoding.search import DecodeOptions, decode
 from sora_jax.model import EncoderDecoder, shift_right
 
 
@@ -32,7 +32,7 @@ def sequence_log_prob(params: Any, encoder_tokens_BS: jax.Array, output_BL: jax.
     return jnp.sum(jnp.where(after_eos_BL, 0.0, token_logp_BL), axis=1)
 
 
-class Decoder:
+class Generator:
     """`decode(params, tokens, options, rng)` and `score(params, tokens, outputs)` for `model` on `mesh`, with
     params on `param_shardings` and batches split over the data-parallel axes. Call inside the mesh's
     `sharding.activate` (the model's activation constraints need it while tracing)."""
