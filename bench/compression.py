@@ -22,8 +22,8 @@ import jax
 import tensorflow_datasets as tfds
 
 from sora_jax import Predictor
-from sora_jax.compression.ptq import param_bytes
 from sora_jax.evaluation.workdir_eval import evaluate_workdir
+from sora_jax.model.params import tree_bytes
 
 
 def parse_args() -> argparse.Namespace:
@@ -63,7 +63,7 @@ def bench_run(name: str, path: str, step: int | str | None, scheme: str, args: a
     inputs = [p["input"] for p in result.predictions[: args.decode_examples]]
     greedy = decode_tokens_per_s(predictor, inputs, args.repeats, method="greedy")
     beam = decode_tokens_per_s(predictor, inputs, args.repeats, method="beam", beam_size=4)
-    size = param_bytes(predictor.run.params) / 1e6
+    size = tree_bytes(predictor.run.params) / 1e6
     return (f"{name:<16} {scheme:<6} {size:8.2f} MB  greedy {greedy:7.0f} tok/s  beam-4 {beam:7.0f} tok/s  "
             f"step {result.step}: {metrics}")
 

@@ -17,6 +17,7 @@ from sora_jax.decoding.search import DecodeOptions, beam_search, decode
 from sora_jax.errors import SoraError
 from sora_jax.model import PRESETS, EncoderDecoder, ModelConfig, shift_right
 from sora_jax.model.loss import loss_sums, teacher_forced_logits
+from sora_jax.model.params import tree_bytes
 from sora_jax.training.state import TrainState
 from sora_jax.training.step import train_step
 
@@ -132,8 +133,8 @@ def test_quantized_params_store_int_kernels_and_keep_the_rest(scheme, dtype, bit
             other_bytes += leaf.size * 4
     # The encoder layer's 7 kernels (q, k, v, o, wi_0, wi_1, wo), the decoder layer's 11, the LM head.
     assert kernels == 7 + 11 + 1
-    assert compression.param_bytes(qparams) == kernel_bits // 8 + scale_count * 4 + other_bytes
-    assert compression.param_bytes(params) == 4 * sum(x.size for x in jax.tree.leaves(params))
+    assert tree_bytes(qparams) == kernel_bits // 8 + scale_count * 4 + other_bytes
+    assert tree_bytes(params) == 4 * sum(x.size for x in jax.tree.leaves(params))
 
 
 def test_quantized_logits_are_close_to_float():
@@ -272,14 +273,14 @@ def test_lora_training_moves_only_adapters_and_keeps_optimizer_state_small():
     # A and B for q, k, v, o, wi_0, wi_1, wo in the encoder layer, and those plus cross-attention's 4 in the decoder's.
     assert len(moved) == len(adapters_of(params)) == 2 * (7 + 11)
     # Adam keeps two moments per trainable scalar plus its int32 step counter, nothing for the base.
-    adapter_bytes = compression.param_bytes(adapters_of(params))
-    lora_bytes = compression.optimizer_state_bytes(state.opt_state)
-    full_bytes = compression.optimizer_state_bytes(optax.adam(1e-2).init(params))
+    adapter_bytes = tree_bytes(adapters_of(params))
+    lora_bytes = tree_bytes(state.opt_state)
+    full_bytes = tree_bytes(optax.adam(1e-2).init(params))
     assert lora_bytes == 2 * adapter_bytes + 4
     assert lora_bytes < 0.3 * full_bytes, (lora_bytes, full_bytes)
     with_norms = compression.lora_optimizer(optax.adam(1e-2), params, train_norms=True).init(params)
-    norm_bytes = compression.param_bytes({p: x for p, x in providers.flat(params).items() if p[-1] == "scale"})
-    assert compression.optimizer_state_bytes(with_norms) == 2 * (adapter_bytes + norm_bytes) + 4
+    norm_bytes = tree_bytes({p: x for p, x in providers.flat(params).items() if p[-1] == "scale"})
+    assert tree_bytes(with_norms) == 2 * (adapter_bytes + norm_bytes) + 4
 
 
 def test_merged_params_give_the_trained_lora_models_logits():

@@ -243,7 +243,7 @@ def test_config_argument_to_a_get_config_without_one(tmp_path):
 
 def test_unknown_key_without_a_close_match_says_where_keys_are_listed():
     with pytest.raises(SoraError, match=r"unknown config key 'foo'. No key is close; every key and its default is "
-                                        r"listed in sora_jax/config.py:base_config\(\)"):
+                                        r"listed in sora_jax/config/schema.py:base_config\(\)"):
         apply_overrides(base_config(), {"foo": "1"})
 
 

@@ -12,8 +12,8 @@ import pytest
 from sora_jax import checkpoint
 from sora_jax import config as config_lib
 from sora_jax.compression import lora, providers
+from sora_jax.compression.names import SCHEMES as QLORA_SCHEMES
 from sora_jax.errors import SoraError
-from sora_jax.fine_tuning_config import QLORA_SCHEMES
 from sora_jax.interop import load_hf_t5
 from sora_jax.model import EncoderDecoder
 from sora_jax.training.dry_run import dry_run
@@ -206,7 +206,7 @@ def test_bad_lora_settings_are_one_line_before_anything_runs(base_dir, tfds_dir,
         (dict(**{"lora.base_quantization": "int3"}), "config.lora.base_quantization='int3': use one of int8, int4"),
         (dict(**{"lora.base_quantization": "int8", "lora.rank": 0}), "set config.lora.rank too"),
     ]
-    assert QLORA_SCHEMES == tuple(providers.SCHEMES)  # The config's list (free of qwix) is the quantizer's.
+    assert QLORA_SCHEMES == tuple(providers.STORAGE_TYPES)  # One list of names; each has a storage type.
     for number, (changes, match) in enumerate(cases):
         workdir = tmp_path / str(number)
         with pytest.raises(SoraError, match=match) as error:

@@ -20,6 +20,7 @@ from sora_jax.compression import providers
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.workdir_eval import evaluate_workdir
 from sora_jax.model import shift_right
+from sora_jax.model.params import tree_bytes
 from sora_jax.training.loop import run
 
 REPO = Path(__file__).resolve().parents[1]
@@ -128,8 +129,8 @@ def test_int8_predictions_agree_with_the_float_model(float_predictor, int8_predi
 def test_int4_quantizes_to_half_the_int8_kernel_bytes(workdir, int8_predictor):
     int4 = Predictor.from_workdir(str(workdir), quantize="int4")
     assert all(q.dtype == jnp.int4 for q in kernels(int4.run.params).values())
-    int8_bytes = providers.tree_bytes(kernels(int8_predictor.run.params))
-    assert providers.tree_bytes(kernels(int4.run.params)) * 2 == int8_bytes
+    int8_bytes = tree_bytes(kernels(int8_predictor.run.params))
+    assert tree_bytes(kernels(int4.run.params)) * 2 == int8_bytes
     assert len(int4.predict(TEXTS[:4], max_length=6)) == 4
 
 

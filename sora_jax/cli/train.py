@@ -22,7 +22,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     """The known flags and the config overrides."""
     parser = argparse.ArgumentParser(prog="train.py", description="Train a Sora encoder-decoder.",
                                      epilog="Config overrides: --config.KEY=VALUE; every key and its default is "
-                                            "in sora_jax/config.py:base_config() and the README's table.")
+                                            "in sora_jax/config/schema.py:base_config() and the README's table.")
     parser.add_argument("--config", default=str(DEFAULT_CONFIG),
                         help="config file, optionally with an argument: configs/NAME.py[:ARG]")
     parser.add_argument("--workdir", default="",

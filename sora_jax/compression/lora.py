@@ -33,10 +33,10 @@ import optax
 import qwix
 
 from sora_jax.compression import providers
+from sora_jax.compression.names import LORA_TARGETS
 from sora_jax.errors import SoraError
 from sora_jax.model import EncoderDecoder
 
-LORA_TARGETS = (*providers.ATTENTION_LAYERS, *providers.MLP_LAYERS)
 ADAPTER_SUFFIXES = ("_lora_a", "_lora_b")
 
 
@@ -133,11 +133,6 @@ def lora_optimizer(tx: optax.GradientTransformation, params: Any, *,
     """`tx` on the trainable params only; every other update is zero, and no optimizer state is kept for them."""
     labels = jax.tree.map(lambda train: "train" if train else "frozen", trainable_mask(params, train_norms=train_norms))
     return optax.partition({"train": tx, "frozen": optax.set_to_zero()}, labels)
-
-
-def optimizer_state_bytes(opt_state: Any) -> int:
-    """Bytes held by an optimizer state's arrays."""
-    return providers.tree_bytes(opt_state)
 
 
 def split_trainable(params: Any, *, train_norms: bool = False) -> tuple[Any, Any]:

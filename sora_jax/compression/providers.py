@@ -23,13 +23,13 @@ from flax import linen as nn
 # qwix keeps the quantized-weight wrapper private; it is the leaf type of quantized param trees.
 from qwix._src.providers.ptq import WithAux
 
+from sora_jax.compression.names import ATTENTION_LAYERS, MLP_LAYERS, SCHEMES
 from sora_jax.errors import SoraError
 from sora_jax.model import EncoderDecoder
 
 # Weight-only schemes: per-output-channel symmetric (absmax) scales, float32 scales, weights stored as ints.
-SCHEMES: dict[str, Any] = {"int8": jnp.int8, "int4": jnp.int4}
-ATTENTION_LAYERS = ("q", "k", "v", "o")
-MLP_LAYERS = ("wi", "wi_0", "wi_1", "wo")
+STORAGE_TYPES: dict[str, Any] = {"int8": jnp.int8, "int4": jnp.int4}
+assert tuple(STORAGE_TYPES) == SCHEMES
 LM_HEAD = "logits_dense"
 QUANTIZED_LAYERS = (*ATTENTION_LAYERS, *MLP_LAYERS, LM_HEAD)
 # The Linen methods that run the model: training (__call__) and decoding (encode, decode).
@@ -40,7 +40,7 @@ def qtype(scheme: str) -> Any:
     """The qwix storage type of a scheme name; SoraError naming the supported ones otherwise."""
     if scheme not in SCHEMES:
         raise SoraError(f"unknown quantization scheme {scheme!r}; use one of {', '.join(SCHEMES)}.")
-    return SCHEMES[scheme]
+    return STORAGE_TYPES[scheme]
 
 
 def layer_path_regex(layers: Sequence[str]) -> str:
@@ -154,9 +154,3 @@ def quantize_base(model: EncoderDecoder, qmodel: EncoderDecoder, params: Any) ->
 
     # One compiled program instead of a few eager ops per leaf; the float params are not donated.
     return jax.jit(quantize)(params)
-
-
-def tree_bytes(tree: Any) -> int:
-    """Bytes of every array leaf at its dtype's bit width (int4 counts 4 bits, as TPU/GPU pack it)."""
-    bits = sum(int(np.prod(x.shape)) * jax.dtypes.itemsize_bits(x.dtype) for x in jax.tree.leaves(tree))
-    return (bits + 7) // 8

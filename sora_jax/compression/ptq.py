@@ -40,11 +40,6 @@ def quantize_model(model: EncoderDecoder, params: Any, scheme: str) -> tuple[Enc
     return qmodel, providers.quantize_base(model, qmodel, params)
 
 
-def param_bytes(tree: Any) -> int:
-    """Bytes held by the array leaves of a param tree (float or quantized; int4 counts half a byte)."""
-    return providers.tree_bytes(tree)
-
-
 def save_quantized_params(directory: paths.PathLike, qparams: Any, *, use_ocdbt: bool = True) -> None:
     """Writes quantized params (int qvalues and float scales as they are) to a new orbax checkpoint directory,
     local or in a bucket; `use_ocdbt` as in config.checkpoint_ocdbt (restoring reads either format)."""

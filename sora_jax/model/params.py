@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 from typing import Any
 
@@ -38,3 +39,13 @@ def abstract_params(init: Callable[[jax.Array], Any], mesh: Mesh, rules: Any) ->
 def count(params: Any) -> int:
     """Number of parameter scalars."""
     return sum(x.size for x in jax.tree.leaves(params))
+
+
+def tree_bytes(tree: Any, *, per_device: bool = False) -> int:
+    """Bytes of every array leaf at its dtype's bit width (int4 counts 4 bits, as TPU/GPU pack it): of the whole
+    arrays, or with `per_device` of one device's shard (the leaves carry shardings, e.g. abstract params)."""
+    bits = 0
+    for leaf in jax.tree.leaves(tree):
+        shape = leaf.sharding.shard_shape(leaf.shape) if per_device else leaf.shape
+        bits += math.prod(shape) * jax.dtypes.itemsize_bits(leaf.dtype)
+    return (bits + 7) // 8

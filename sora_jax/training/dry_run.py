@@ -6,7 +6,6 @@ the table shows each task's training examples and rate (proportional rates need 
 
 from __future__ import annotations
 
-import math
 from typing import Any
 
 import jax
@@ -32,14 +31,6 @@ def _vocab_size(config: ml_collections.ConfigDict) -> int:
     if config.tokenizer.model_path:
         return Tokenizer.load(config.tokenizer.model_path, extra_ids=config.tokenizer.extra_ids).vocab_size
     return config.tokenizer.vocab_size + config.tokenizer.extra_ids
-
-
-def _bytes_per_device(abstract_tree: object) -> int:
-    total = 0
-    for leaf in jax.tree.leaves(abstract_tree):
-        shard_shape = leaf.sharding.shard_shape(leaf.shape)
-        total += math.prod(shard_shape) * jax.dtypes.itemsize_bits(leaf.dtype)
-    return (total + 7) // 8  # int4 (a QLoRA base) counts 4 bits, as TPU/GPU pack it.
 
 
 def _gib(num_bytes: float) -> str:
@@ -77,14 +68,15 @@ def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, 
         name = "/".join(str(getattr(k, "key", k)) for k in path)
         print(f"{name:<58} {str(leaf.shape):<20} {str(leaf.dtype):<9} {leaf.sharding.spec}")
     num_params = params_lib.count(abstract.params)
-    param_bytes, opt_bytes = _bytes_per_device(abstract.params), _bytes_per_device(abstract.opt_state)
+    param_bytes = params_lib.tree_bytes(abstract.params, per_device=True)
+    opt_bytes = params_lib.tree_bytes(abstract.opt_state, per_device=True)
     print(f"parameters: {num_params:,} | per device: params {_gib(param_bytes)}, optimizer state "
           f"{_gib(opt_bytes)} ({config.optimizer.name})")
     result = {"params": num_params, "param_bytes_per_device": param_bytes, "opt_bytes_per_device": opt_bytes}
     if setup.trainable is not None:
         result.update(_lora_summary(config, model_config, mesh, rules, setup, opt_bytes))
     if teacher is not None:
-        teacher_bytes = _bytes_per_device(teacher.abstract_params)
+        teacher_bytes = params_lib.tree_bytes(teacher.abstract_params, per_device=True)
         print(f"teacher {teacher.spec}: {params_lib.count(teacher.abstract_params):,} parameters, "
               f"{_gib(teacher_bytes)} per device (not trained, no optimizer state)")
         result["teacher_param_bytes_per_device"] = teacher_bytes
@@ -125,13 +117,13 @@ def _lora_summary(config: ml_collections.ConfigDict, model_config: Any, mesh: ja
     full_config.lora.rank = 0
     full = state_lib.build_training_setup(full_config, model_config, mesh, rules).abstract_state
     trainable = params_lib.count(setup.trainable(setup.abstract_state.params)[0])
-    full_bytes = _bytes_per_device(full.opt_state)
+    full_bytes = params_lib.tree_bytes(full.opt_state, per_device=True)
     print(f"LoRA rank {config.lora.rank} on {', '.join(config.lora.targets)}: trains {trainable:,} of "
           f"{params_lib.count(setup.abstract_state.params):,} parameters; optimizer state per device "
           f"{opt_bytes:,} bytes vs {full_bytes:,} for full fine-tuning ({opt_bytes / full_bytes:.1%})")
-    float_bytes = _bytes_per_device(full.params)
+    float_bytes = params_lib.tree_bytes(full.params, per_device=True)
     if config.lora.base_quantization:
-        param_bytes = _bytes_per_device(setup.abstract_state.params)
+        param_bytes = params_lib.tree_bytes(setup.abstract_state.params, per_device=True)
         print(f"QLoRA: the frozen base stored {config.lora.base_quantization}; params per device {param_bytes:,} "
               f"bytes (adapters included) vs {float_bytes:,} for the float model alone "
               f"({param_bytes / float_bytes:.1%})")

@@ -21,9 +21,10 @@ import jax
 from etils import epath
 
 from sora_jax import paths, sharding
-from sora_jax.compression import SCHEMES, param_bytes, providers, quantized_model, restore_quantized_params
+from sora_jax.compression import SCHEMES, providers, quantized_model, restore_quantized_params
 from sora_jax.errors import SoraError
 from sora_jax.model import EncoderDecoder
+from sora_jax.model.params import tree_bytes
 
 MANIFEST_FILE = "quantized.json"
 PARAMS_DIR = "params"
@@ -65,7 +66,7 @@ def quantize_params(model: EncoderDecoder, qmodel: EncoderDecoder, params: Any, 
 def bytes_note(scheme: str, float_params: Any, qparams: Any) -> str:
     """'int8 weights: params 0.08 MB (float32 0.23 MB, 3.0x smaller)'; `float_params` may be abstract."""
     dtypes = sorted({str(x.dtype) for x in jax.tree.leaves(float_params)})
-    before, after = param_bytes(float_params), param_bytes(qparams)
+    before, after = tree_bytes(float_params), tree_bytes(qparams)
     return (f"{scheme} weights: params {after / 1e6:.2f} MB ({'/'.join(dtypes)} {before / 1e6:.2f} MB, "
             f"{before / max(after, 1):.1f}x smaller)")
 
