@@ -139,7 +139,7 @@ class SoraTrainer:
                                                   sharding=sharding.batch_sharding(self.mesh)) for k in BATCH_KEYS}
         start = time.perf_counter()
         with sharding.activate(self.mesh, self.rules):
-            step = step_lib.compile_train_step(self.setup, self.config, self.mesh)
+            step = step_lib.compile_train_step(self.setup, step_lib.StepOptions.from_config(self.config), self.mesh)
             compiled = step.lower(self.setup.abstract_state, abstract_batch).compile()
         return compiled, time.perf_counter() - start
 

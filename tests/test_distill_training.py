@@ -99,7 +99,7 @@ def test_in_step_loss_is_the_hand_computed_kl_and_ce_mix_and_the_teacher_is_unto
     assert teacher_BLV.shape == student_BLV.shape
 
     with sharding.activate(mesh, rules):
-        train_step = step_lib.compile_train_step(setup, config, mesh, teacher)
+        train_step = step_lib.compile_train_step(setup, step_lib.StepOptions.from_config(config), mesh, teacher)
         history = []
         for _ in range(3):
             state, metrics = train_step(state, sharding.global_batch(batch, mesh), teacher_params)

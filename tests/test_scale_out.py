@@ -56,7 +56,7 @@ def train_steps(mesh_sizes: dict[str, int], num_steps: int = 3):
     state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, 0, setup.rng_impl)
     losses = []
     with sharding.activate(mesh, RULES):
-        train_step = step_lib.compile_train_step(setup, config, mesh)
+        train_step = step_lib.compile_train_step(setup, step_lib.StepOptions.from_config(config), mesh)
         for i in range(num_steps):
             state, metrics = train_step(state, sharding.global_batch(random_batch(seed=i), mesh))
             losses.append(float(jax.device_get(metrics["loss"])))

@@ -87,7 +87,8 @@ def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, 
                                               sharding=batch_spec) for k in BATCH_KEYS}
     arguments = (abstract, abstract_batch) + (() if teacher is None else (teacher.abstract_params,))
     with sharding.activate(mesh, rules):
-        compiled = step_lib.compile_train_step(setup, config, mesh, teacher).lower(*arguments).compile()
+        step = step_lib.compile_train_step(setup, step_lib.StepOptions.from_config(config), mesh, teacher)
+        compiled = step.lower(*arguments).compile()
     memory = compiled.memory_analysis()
     if memory is not None:
         fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",

@@ -174,7 +174,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
                       f"temperature {teacher.temperature}, alpha {teacher.alpha})")
         with sharding.activate(mesh, rules):
             evaluator = data.evaluator(setup.model, config.data, mesh, setup.state_shardings.params)
-            train_step = step_lib.compile_train_step(setup, config, mesh, teacher)
+            train_step = step_lib.compile_train_step(setup, step_lib.StepOptions.from_config(config), mesh, teacher)
             if teacher is not None:
                 train_step = _with_teacher(train_step, teacher_params)
             step_flops = flops.train_step_flops(model_config, config.batch_size, config.data.max_input_length,

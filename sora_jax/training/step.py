@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import functools
 from collections.abc import Callable
 from typing import Any
@@ -102,7 +103,22 @@ def train_step(state: TrainState, batch: dict[str, jax.Array], teacher_params: A
     return state.replace(step=state.step + 1, params=params, opt_state=opt_state), metrics
 
 
-def compile_train_step(setup: TrainingSetup, config: Any, mesh: jax.sharding.Mesh,
+@dataclasses.dataclass(frozen=True)
+class StepOptions:
+    """What the train step takes from the run config besides the model and optimizer."""
+
+    label_smoothing: float = 0.0
+    z_loss: float = 0.0
+    grad_accum_steps: int = 1
+
+    @classmethod
+    def from_config(cls, config: Any) -> StepOptions:
+        """The options of a validated run config (`config.loss`, `config.grad_accum_steps`)."""
+        return cls(label_smoothing=config.loss.label_smoothing, z_loss=config.loss.z_loss,
+                   grad_accum_steps=config.grad_accum_steps)
+
+
+def compile_train_step(setup: TrainingSetup, options: StepOptions, mesh: jax.sharding.Mesh,
                        teacher: Teacher | None = None) -> Callable:
     """jit the train step with the state's shardings in and out, the batch over the data axes, state donated.
 
@@ -112,8 +128,8 @@ def compile_train_step(setup: TrainingSetup, config: Any, mesh: jax.sharding.Mes
     distill = {} if teacher is None else {"teacher_model": teacher.model, "temperature": teacher.temperature,
                                           "alpha": teacher.alpha}
     step = functools.partial(train_step, model=setup.model, tx=setup.tx, schedule=setup.schedule,
-                             label_smoothing=config.loss.label_smoothing, z_loss=config.loss.z_loss,
-                             grad_accum_steps=config.grad_accum_steps, rng_impl=setup.rng_impl,
+                             label_smoothing=options.label_smoothing, z_loss=options.z_loss,
+                             grad_accum_steps=options.grad_accum_steps, rng_impl=setup.rng_impl,
                              trainable=setup.trainable, **distill)
     in_shardings = (state_shardings, sharding.batch_sharding(mesh))
     if teacher is not None:
