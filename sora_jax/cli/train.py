@@ -15,7 +15,8 @@ from pathlib import Path
 
 from sora_jax.cli.common import run_cli, split_config_overrides
 
-DEFAULT_CONFIG = Path(__file__).resolve().parents[2] / "configs" / "default.py"
+# Inside the package, so that sora-train finds it in a non-editable install too.
+DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "default.py"
 
 
 def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]:

@@ -41,8 +41,9 @@ def validate(config: ml_collections.ConfigDict) -> None:
             f"config.data.num_workers={data.num_workers!r} must be >= 0 (0 = no worker processes).")
     if data.mixture:
         from sora_jax.data.mixture import component_specs  # The task registry is loaded only for a mixture.
+        from sora_jax.data.options import DataOptions
 
-        component_specs(data)
+        component_specs(DataOptions.from_config(data))
     require(config.rng_impl in ("threefry2x32", "rbg", "unsafe_rbg"),
             f"config.rng_impl={config.rng_impl!r}: use threefry2x32, rbg or unsafe_rbg.")
     require(config.optimizer.name in ("adamw", "adafactor", "sgd"),

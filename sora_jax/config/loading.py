@@ -30,7 +30,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
         raise SoraError(f"config file {path} has a syntax error at line {e.lineno}: {e.msg}; fix the file.") from None
     get_config = getattr(module, "get_config", None)
     if not callable(get_config):
-        raise SoraError(f"config file {path} has no get_config() function; see configs/default.py.")
+        raise SoraError(f"config file {path} has no get_config() function; see configs/tiny.py.")
     takes_arg = bool(inspect.signature(get_config).parameters)
     if arg and not takes_arg:
         raise SoraError(f"config file {path}: get_config() takes no argument, but {spec!r} passes {arg!r}; use "
@@ -38,7 +38,7 @@ def load_config_file(spec: str) -> ml_collections.ConfigDict:
     config = get_config(arg or None) if takes_arg else get_config()
     if not isinstance(config, ml_collections.ConfigDict):
         raise SoraError(f"config file {path}: get_config() returned {type(config).__name__}, not a ConfigDict; end "
-                        "it with `return config` (see configs/default.py).")
+                        "it with `return config` (see configs/tiny.py).")
     check_keys(config)
     return config
 

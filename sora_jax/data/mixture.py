@@ -22,6 +22,7 @@ import grain
 
 from sora_jax import distributed
 from sora_jax.data import builders, pipeline
+from sora_jax.data.options import DataOptions
 from sora_jax.data.registry import TASKS, Task
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
@@ -73,7 +74,7 @@ def _check_task_name(where: str, name: Any) -> None:
         raise SoraError(f"{where}: unknown task {name!r}; {hint}")
 
 
-def component_specs(data_cfg: Any) -> list[ComponentSpec]:
+def component_specs(data_cfg: DataOptions) -> list[ComponentSpec]:
     """The checked entries of `config.data.mixture` (empty: no mixture); every mistake is a one-line SoraError."""
     entries = data_cfg.mixture
     if not entries:
@@ -132,7 +133,7 @@ def proportional_rate(num_examples: int, maximum: float, temperature: float) -> 
     return float(capped) ** (1.0 / temperature)
 
 
-def resolve_rates(specs: Sequence[ComponentSpec], sizes: Mapping[str, int], data_cfg: Any) -> dict[str, float]:
+def resolve_rates(specs: Sequence[ComponentSpec], sizes: Mapping[str, int], data_cfg: DataOptions) -> dict[str, float]:
     """Each task's rate: the configured one, or the proportional one from `sizes` (training examples per task)."""
     for spec in specs:
         if sizes[spec.task] == 0:
@@ -144,17 +145,17 @@ def resolve_rates(specs: Sequence[ComponentSpec], sizes: Mapping[str, int], data
             for spec in specs}
 
 
-def open_components(data_cfg: Any, data_dir: str, shared_options: Mapping[str, Any]) -> list[Component]:
+def open_components(data_cfg: DataOptions, data_dir: str) -> list[Component]:
     """Every component's task, prepared builder (process 0 prepares first) and training pairs, with its rate.
 
-    A component's options are `shared_options` (config.data.task_options and the file globs) updated by its own.
+    A component's options are the shared ones (task_options and the file globs) updated by its own.
     """
     from sora_jax.data import tasks  # The catalog (tfds builders) is loaded only when a mixture is opened.
 
     specs = component_specs(data_cfg)
     opened = []
     for spec in specs:
-        options = {**shared_options, **spec.options}
+        options = {**data_cfg.all_task_options, **spec.options}
         task = tasks.get_task(spec.task, options)
         builder = _prepared(task, data_dir, options)
         source = builders.data_source(builder, "train")

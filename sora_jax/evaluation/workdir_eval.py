@@ -23,6 +23,7 @@ import numpy as np
 from etils import epath
 
 from sora_jax import distributed, paths
+from sora_jax.data.options import DataOptions
 from sora_jax.decoding import generator
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator, format_metrics
@@ -97,8 +98,8 @@ def evaluate_workdir(workdir: str, *, split: str = "validation", step: int | str
                                               **(decode or {}))
     if max_examples < 0:
         raise SoraError(f"--max_examples={max_examples} must be >= 0 (0 = the whole split).")
-    data_cfg = run.config.data.copy_and_resolve_references()
-    data_cfg.eval_batch_size, batch_note = _eval_batch_size(run)
+    eval_batch_size, batch_note = _eval_batch_size(run)
+    data_cfg = dataclasses.replace(DataOptions.from_config(run.config.data), eval_batch_size=eval_batch_size)
     if batch_note:
         note(batch_note)
     evaluator = Evaluator(run.model, run.task, run.make_builder(), run.tokenizer, data_cfg, run.mesh,

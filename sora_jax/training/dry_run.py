@@ -15,7 +15,8 @@ import numpy as np
 from sora_jax import config as config_lib
 from sora_jax import sharding
 from sora_jax.config import VOCAB_MULTIPLE, resolve_model_config
-from sora_jax.data import mixture, tasks
+from sora_jax.data import mixture
+from sora_jax.data.options import DataOptions
 from sora_jax.data.pipeline import BATCH_KEYS
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
@@ -105,7 +106,7 @@ def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, 
 def _print_mixture(config: ml_collections.ConfigDict, data_dir: str) -> None:
     if not data_dir:
         raise SoraError("a --dry_run of a mixture prepares its tasks: set config.data.data_dir (or --workdir).")
-    components = mixture.open_components(config.data, data_dir, tasks.config_options(config.data))
+    components = mixture.open_components(DataOptions.from_config(config.data), data_dir)
     print(f"mixture of {len(components)} tasks ({config.data.mixture_rate} rates), data in {data_dir}:")
     for line in mixture.describe(components):
         print(line)

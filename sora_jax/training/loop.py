@@ -20,6 +20,7 @@ from jax.experimental import multihost_utils
 
 from sora_jax import checkpoint, paths, sharding
 from sora_jax import config as config_lib
+from sora_jax.data.options import DataOptions
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator, format_metrics
 from sora_jax.model import params as params_lib
@@ -127,7 +128,8 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
               f"mesh {dict(mesh.shape)} | tokenizer {tokenizer.path} ({tokenizer.vocab_size} pieces)")
     if lengths_note:
         log.print(lengths_note)
-    for line in data.describe(config.data):
+    data_options = DataOptions.from_config(config.data)  # The lengths are known from here on.
+    for line in data.describe(data_options):
         log.print(line)
     train_iter = data.train_batches(config)
 
@@ -173,7 +175,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
             log.print(f"distilling from {teacher.spec} ({params_lib.count(teacher_params):,} parameters, "
                       f"temperature {teacher.temperature}, alpha {teacher.alpha})")
         with sharding.activate(mesh, rules):
-            evaluator = data.evaluator(setup.model, config.data, mesh, setup.state_shardings.params)
+            evaluator = data.evaluator(setup.model, data_options, mesh, setup.state_shardings.params)
             train_step = step_lib.compile_train_step(setup, step_lib.StepOptions.from_config(config), mesh, teacher)
             if teacher is not None:
                 train_step = _with_teacher(train_step, teacher_params)

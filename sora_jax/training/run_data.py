@@ -11,6 +11,7 @@ import ml_collections
 
 from sora_jax import distributed
 from sora_jax.data import builders, mixture, pipeline, tasks
+from sora_jax.data.options import DataOptions
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator
 from sora_jax.evaluation.mixture_evaluator import MixtureEvaluator
@@ -43,7 +44,7 @@ class TaskData:
     def num_examples(self) -> int:
         return len(self.train_pairs)
 
-    def describe(self, data_cfg: ml_collections.ConfigDict) -> list[str]:
+    def describe(self, data_cfg: DataOptions) -> list[str]:
         """The truncation counts of a supervised task (refusing one none of whose targets fit), or the objective
         of a text task."""
         if self.objective is None:
@@ -63,23 +64,24 @@ class TaskData:
         return pipeline.sharded_train_batches(self.train_pairs, self.tokenizer, objective=self.objective,
                                               **_batch_options(config))
 
-    def evaluator(self, model: Any, data_cfg: Any, mesh: jax.sharding.Mesh, param_shardings: Any) -> Evaluator:
+    def evaluator(self, model: Any, data_cfg: DataOptions, mesh: jax.sharding.Mesh, param_shardings: Any) -> Evaluator:
         return Evaluator(model, self.task, self.builder, self.tokenizer, data_cfg, mesh, param_shardings,
                          objective=self.objective)
 
 
-def open_task(config: ml_collections.ConfigDict, work: Workdir, data_dir: str, options: dict[str, Any]) -> TaskData:
+def open_task(config: ml_collections.ConfigDict, work: Workdir, data_dir: str, options: DataOptions) -> TaskData:
     """Prepare config.data.task's data (process 0 first), train or load the tokenizer, make the objective."""
-    task = tasks.get_task(config.data.task, options)
+    task = tasks.from_options(options)
+    task_options = options.all_task_options
     # Process 0 prepares first; then the others open it (a shared data dir is found prepared, a per-host local
     # one is prepared by each host).
     made = []
-    distributed.leader_then_all("prepare data", lambda: made.append(task.make_builder(data_dir, options)))
-    builder = made[0] if made else task.make_builder(data_dir, options)
+    distributed.leader_then_all("prepare data", lambda: made.append(task.make_builder(data_dir, task_options)))
+    builder = made[0] if made else task.make_builder(data_dir, task_options)
     train_pairs = pipeline.text_pairs(builders.data_source(builder, "train"), task.to_text_pair)
     tokenizer = work.tokenizer(config.tokenizer, lambda: tokenizer_texts(
         train_pairs, config.tokenizer.max_training_sentences, config.seed), seed=config.seed)
-    objective = pipeline.make_objective(config.data, tokenizer) if task.kind == "text" else None
+    objective = pipeline.make_objective(options, tokenizer) if task.kind == "text" else None
     return TaskData(task, builder, train_pairs, tokenizer, objective)
 
 
@@ -99,7 +101,7 @@ class MixtureData:
     def num_examples(self) -> int:
         return sum(len(c.train_pairs) for c in self.components)
 
-    def describe(self, data_cfg: ml_collections.ConfigDict) -> list[str]:
+    def describe(self, data_cfg: DataOptions) -> list[str]:
         """The mixture table, then each task's truncation (refusing a task none of whose targets fit) or objective
         line."""
         lines = [f"mixture ({data_cfg.mixture_rate} rates):", *mixture.describe(self.components)]
@@ -120,7 +122,8 @@ class MixtureData:
         return mixture.sharded_train_batches(self.components, self.tokenizer, objectives=self.objectives,
                                              **_batch_options(config))
 
-    def evaluator(self, model: Any, data_cfg: Any, mesh: jax.sharding.Mesh, param_shardings: Any) -> MixtureEvaluator:
+    def evaluator(self, model: Any, data_cfg: DataOptions, mesh: jax.sharding.Mesh,
+                  param_shardings: Any) -> MixtureEvaluator:
         """One Evaluator per task (sharing the compiled steps), each with its task's own metrics."""
         evaluators: dict[str, Evaluator] = {}
         for c in self.components:
@@ -131,10 +134,10 @@ class MixtureData:
 
 
 def open_mixture(config: ml_collections.ConfigDict, work: Workdir, data_dir: str,
-                 options: dict[str, Any]) -> MixtureData:
+                 options: DataOptions) -> MixtureData:
     """Prepare every component, train (or load) the tokenizer on the union of their training texts, and make
     the objective of the text tasks; bad input is a one-line SoraError before anything is compiled."""
-    components = mixture.open_components(config.data, data_dir, options)
+    components = mixture.open_components(options, data_dir)
     texts = [c for c in components if c.task.kind == "text"]
     if texts and not config.data.objective:
         raise SoraError(f"task {texts[0].name} in config.data.mixture is unlabelled text: set config.data.objective "
@@ -144,7 +147,7 @@ def open_mixture(config: ml_collections.ConfigDict, work: Workdir, data_dir: str
                         "config.data.mixture is one: clear it.")
     tokenizer = work.tokenizer(config.tokenizer, lambda: tokenizer_texts(
         mixture.union_pairs(components), config.tokenizer.max_training_sentences, config.seed), seed=config.seed)
-    objective = pipeline.make_objective(config.data, tokenizer) if texts else None
+    objective = pipeline.make_objective(options, tokenizer) if texts else None
     objectives = {c.name: objective if c.task.kind == "text" else None for c in components}
     return MixtureData(components, tokenizer, objectives)
 
@@ -168,7 +171,7 @@ def fill_lengths_from_data(config: ml_collections.ConfigDict, data: TaskData | M
 
 def open_data(config: ml_collections.ConfigDict, work: Workdir, data_dir: str) -> TaskData | MixtureData:
     """The run's data: config.data.mixture when set, else config.data.task."""
-    options = tasks.config_options(config.data)
+    options = DataOptions.from_config(config.data)
     if config.data.mixture:
         return open_mixture(config, work, data_dir, options)
     return open_task(config, work, data_dir, options)

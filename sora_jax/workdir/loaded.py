@@ -24,6 +24,7 @@ from sora_jax import checkpoint, sharding
 from sora_jax import config as config_lib
 from sora_jax.compression import lora
 from sora_jax.data import tasks
+from sora_jax.data.options import DataOptions
 from sora_jax.data.tasks import Task
 from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
@@ -113,7 +114,7 @@ class LoadedRun:
     def make_builder(self) -> Any:
         """The task's prepared TFDS builder (prepares it if needed, as training does)."""
         return self.task.make_builder(str(self.workdir.data_dir(self.config.data.data_dir)),
-                                      tasks.config_options(self.config.data))
+                                      DataOptions.from_config(self.config.data).all_task_options)
 
     @property
     def data_parallel_size(self) -> int:
@@ -184,7 +185,7 @@ def load_workdir(workdir: str | Workdir, overrides: Mapping[str, Any] | None = N
         notes.append(f"this run trained on a mixture of {', '.join(mixed)}; using its task {mixed[0]} (choose "
                      "another with --config.data.task=NAME)")
         config.data.task = mixed[0]
-    task = tasks.from_config(config.data)
+    task = tasks.from_options(DataOptions.from_config(config.data))
     model_config = config_lib.resolve_model_config(config.model, tokenizer.vocab_size)
     mesh, mesh_notes = _mesh(config)
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
