@@ -9,7 +9,10 @@
 #   --no-smoke     skip the smoke check
 #   --commands     only print the gcloud commands for the whole life cycle of a TPU VM and exit
 #
-# Environment: SORA_VENV (default ~/.venvs/sora), SORA_DATA_DIR (default ~/tensorflow_datasets),
+# Sora needs Python >= 3.12 (jax 0.12). Ubuntu 22.04 TPU images ship 3.10: the script then installs uv and
+# a Python 3.12 with it (user-local, no sudo), and makes the venv from that interpreter.
+#
+# Environment: SORA_PYTHON (an interpreter >= 3.12 to use), SORA_VENV (default ~/.venvs/sora), SORA_DATA_DIR (default ~/tensorflow_datasets),
 # SORA_WORKDIR (a run directory all workers share, e.g. gs://BUCKET/runs/smoke: the smoke check trains there;
 # required on a multi-host slice), SORA_DATA_BUCKET (a bucket holding prepared TFDS data: mounted read-only
 # with gcsfuse at SORA_DATA_DIR, since grain reads ArrayRecord files through the local filesystem),
@@ -25,7 +28,7 @@ for arg in "$@"; do
     --no-smoke) SMOKE=0 ;;
     --commands) COMMANDS_ONLY=1 ;;
     -h | --help)
-      sed -n '2,18p' "$0"
+      sed -n '2,19p' "$0"
       exit 0
       ;;
     *)
@@ -88,9 +91,47 @@ if [ ! -f pyproject.toml ] || [ ! -f train.py ] || [ ! -d sora_jax ]; then
   exit 2
 fi
 
+# A Python >= 3.12 (jax 0.12 needs it): SORA_PYTHON, else python3.13 / python3.12 / python3 if new enough,
+# else one installed with uv (user-local; TPU VM images on Ubuntu 22.04 have only 3.10).
+is_new_enough() {
+  "$1" -c 'import sys; sys.exit(sys.version_info < (3, 12))' 2>/dev/null
+}
+PYTHON="${SORA_PYTHON:-}"
+if [ -n "$PYTHON" ] && ! is_new_enough "$PYTHON"; then
+  echo "error: SORA_PYTHON=$PYTHON is not a Python >= 3.12; point it at one, or unset it to have uv install one." >&2
+  exit 2
+fi
+if [ -z "$PYTHON" ]; then
+  for candidate in python3.13 python3.12 python3; do
+    if command -v "$candidate" >/dev/null 2>&1 && is_new_enough "$candidate"; then
+      PYTHON="$(command -v "$candidate")"
+      break
+    fi
+  done
+fi
+if [ -z "$PYTHON" ]; then
+  UV="$HOME/.local/bin/uv"
+  if ! command -v uv >/dev/null 2>&1 && [ ! -x "$UV" ]; then
+    run python3 -m pip install --quiet --user uv
+  fi
+  command -v uv >/dev/null 2>&1 && UV="$(command -v uv)"
+  run "$UV" python install 3.12
+  if [ "$DRY_RUN" -eq 1 ]; then
+    PYTHON='$(uv python find 3.12)'
+  else
+    PYTHON="$("$UV" python find 3.12)"
+  fi
+fi
+echo "Python for the venv: $PYTHON"
+
 # A virtual environment, never the system Python; created once, reused afterwards.
+if [ -x "$VENV/bin/python" ] && ! is_new_enough "$VENV/bin/python"; then
+  echo "error: $VENV was made with $("$VENV/bin/python" --version 2>&1); Sora needs Python >= 3.12: remove it" \
+    "(rm -rf $VENV) and run tpu_setup.sh again." >&2
+  exit 2
+fi
 if [ ! -x "$VENV/bin/python" ]; then
-  run python3 -m venv "$VENV"
+  run "$PYTHON" -m venv "$VENV"
 fi
 run "$VENV/bin/python" -m pip install --quiet --upgrade pip
 # jax[tpu] pulls the matching libtpu; the version range is the project's own.
