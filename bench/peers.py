@@ -19,6 +19,22 @@ from sora_jax.interop.hf_t5_config import config_to_hf
 from sora_jax.model import ModelConfig
 
 
+def versions() -> str:
+    """The versions behind the peer columns: HF PyTorch and HF Flax T5 both come from the bench extra's
+    transformers 4.x (Flax T5 is gone from transformers 5)."""
+    import importlib.metadata as metadata
+
+    def version(name: str) -> str:
+        try:
+            return metadata.version(name)
+        except metadata.PackageNotFoundError:
+            return "not installed"
+
+    return (f"peers: HF PyTorch T5 (transformers {version('transformers')}, torch {version('torch')}), "
+            f"HF Flax T5 (transformers {version('transformers')}, flax {version('flax')}); "
+            f"Sora on jax {version('jax')}")
+
+
 def hf_config(cfg: ModelConfig) -> Any:
     """transformers.T5Config of the same architecture (Sora's own export mapping)."""
     from transformers import T5Config

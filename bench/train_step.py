@@ -313,6 +313,7 @@ def main() -> None:
     ceiling = matmul_ceiling(args.repeats)
     print(f"{device.device_kind} ({jax.device_count()} device(s)), compute {dtype}; f32 4096^2 matmul ceiling "
           f"{ceiling:.1f} GFLOP/s; medians of {args.repeats}", flush=True)
+    print(peers.versions(), flush=True)
     rows = []
     if "train" in cases:
         rows += bench_train(args, dtype)
