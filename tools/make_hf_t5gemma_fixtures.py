@@ -115,13 +115,18 @@ def hf_logits(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
 
 
 def greedy(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
-    """HF greedy generation: [B, 1 + n], starting with the decoder start token, padded with 0 after EOS."""
+    """HF greedy generation: [B, 1 + n], starting with the decoder start token, padded with 0 after EOS.
+
+    Without the KV cache: in transformers 4.57, T5Gemma's cached generate departs from its own forward pass once the
+    generated length passes a sliding window (gqa_window_softcap, row 2: cached 78, 32, 32.. but uncached and the
+    teacher-forced logits 78, 21, 21..); uncached, generate is the argmax of the forward pass the logits come from.
+    """
     import torch
 
     with torch.no_grad():
         return model.generate(input_ids=torch.from_numpy(inputs["input_ids"]),
                               attention_mask=torch.from_numpy(inputs["attention_mask"]), decoder_start_token_id=2,
-                              max_new_tokens=MAX_NEW_TOKENS, num_beams=1, do_sample=False).numpy()
+                              max_new_tokens=MAX_NEW_TOKENS, num_beams=1, do_sample=False, use_cache=False).numpy()
 
 
 def max_rel_diff(a: np.ndarray, b: np.ndarray, valid: np.ndarray) -> float:

@@ -226,7 +226,7 @@ class ModelConfig:
         for stack in ("encoder", "decoder"):
             cfg = self.stack(stack)
             if cfg.num_heads % cfg.kv_heads:
-                _fail(f"{'encoder_' if stack == 'encoder' else ''}num_kv_heads",
+                _fail("encoder_num_kv_heads" if stack == "encoder" and self.encoder_num_kv_heads else "num_kv_heads",
                       f"({cfg.kv_heads}) must divide the {stack}'s num_heads ({cfg.num_heads})",
                       "pick a divisor (grouped-query attention shares each key/value head among a group)")
             types = getattr(self, f"{stack}_layer_types")
