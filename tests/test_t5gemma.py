@@ -290,3 +290,20 @@ def test_config_validation(fields, match):
     base = dict(vocab_size=64, encoder_layer_types=("sliding_attention", "full_attention"))
     with pytest.raises(SoraError, match=match):
         ModelConfig.from_preset("t5gemma_tiny", **{**base, **fields})
+
+
+def test_flops_count_every_kernel_each_token_passes():
+    from sora_jax.training.flops import train_step_flops
+
+    cfg = ModelConfig.from_preset("t5gemma_tiny", vocab_size=64)  # wider encoder, grouped key/value heads
+    tokens = jnp.ones((1, 4), jnp.int32)
+    shapes = traverse_util.flatten_dict(nn.unbox(jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0),
+                                                                tokens, tokens)["params"]))
+    kernels = {path: int(np.prod(x.shape)) for path, x in shapes.items() if path[-1] == "kernel"}
+    cross_kv = sum(n for p, n in kernels.items() if "cross_attention" in p and p[-2] in ("k", "v"))
+    encoder = sum(n for p, n in kernels.items() if p[0] == "encoder")
+    decoder = sum(n for p, n in kernels.items() if p[0] == "decoder" and p[1] != "logits_dense") - cross_kv
+    flops = train_step_flops(cfg, batch_size=2, input_length=8, target_length=4)
+    assert flops.encoder_weights == 2 * (2 * 8) * encoder
+    assert flops.decoder_weights == 2 * (2 * 4) * decoder
+    assert flops.cross_kv == 2 * (2 * 8) * cross_kv
