@@ -11,8 +11,10 @@ transformers (no missing/unexpected keys) to compare its logits with Sora's. Any
 1e-4 fails.
 
     /work/venv-hf/bin/python tools/make_hf_t5gemma_fixtures.py            # fixtures + checks
+    # A trained run's export against Sora's own logits: first in Sora's Python (the run's params, its tokenizer),
+    python tools/make_hf_t5gemma_fixtures.py --sora_workdir WORKDIR FILE.npz
+    sora-export --workdir=WORKDIR --out=DIR
     /work/venv-hf/bin/python tools/make_hf_t5gemma_fixtures.py --check_export DIR --sora_logits FILE.npz
-        # a Sora export (e.g. of configs/t5gemma_tiny.py's run) against the logits Sora computed for it
 
 Seeds are fixed, so a rerun with the same versions rewrites the same fixtures.
 """
@@ -227,15 +229,40 @@ def run_sora_export(fixture: Path, export: Path, result: Path) -> None:
     np.savez(result, **inputs, logits=np.asarray(logits), export_logits=np.asarray(export_logits))
 
 
+def run_sora_workdir(workdir: str, result: Path) -> None:
+    """(Sora's Python) logits of a trained run's newest params on a few tokenized sentences, for --check_export."""
+    sys.path.insert(0, str(ROOT))
+    from sora_jax.model import shift_right
+    from sora_jax.workdir import load_workdir
+
+    run = load_workdir(workdir)
+    ids = run.tokenizer.encode(TOKENIZER_TEXT[:3] + ["这个手机很好用，电池也耐用", "质量太差了"])
+    width = max(map(len, ids)) + 1
+    input_ids = np.zeros((len(ids), width), np.int64)
+    for row, piece_ids in enumerate(ids):
+        input_ids[row, : len(piece_ids) + 1] = [*piece_ids, run.model_config.eos_id]
+    targets = np.random.default_rng(0).integers(3, run.tokenizer.vocab_size, (len(ids), 6)).astype(np.int32)
+    decoder_input_ids = np.asarray(shift_right(targets, run.model_config.decoder_start_id)).astype(np.int64)
+    logits = run.model.apply({"params": run.params}, input_ids, decoder_input_ids)
+    np.savez(result, input_ids=input_ids, attention_mask=(input_ids != 0).astype(np.int64),
+             decoder_input_ids=decoder_input_ids, decoder_attention_mask=(decoder_input_ids != 0).astype(np.int64),
+             export_logits=np.asarray(logits))
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sora_export", nargs=3, metavar=("FIXTURE", "EXPORT", "RESULT"), help=argparse.SUPPRESS)
+    parser.add_argument("--sora_workdir", nargs=2, metavar=("WORKDIR", "RESULT"),
+                        help="(Sora's Python) write a trained run's logits for --check_export")
     parser.add_argument("--check_export", type=Path, help="a Sora export directory to load with transformers")
     parser.add_argument("--sora_logits", type=Path, help="npz with input_ids, decoder_input_ids, "
                         "attention masks and export_logits (Sora's logits for the exported params)")
     args = parser.parse_args()
     if args.sora_export:
         run_sora_export(*map(Path, args.sora_export))
+        return
+    if args.sora_workdir:
+        run_sora_workdir(args.sora_workdir[0], Path(args.sora_workdir[1]))
         return
     if args.check_export:
         with np.load(args.sora_logits) as data:
