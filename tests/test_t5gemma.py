@@ -147,14 +147,22 @@ def test_cached_steps_equal_the_full_forward_pass():
     enc = jnp.asarray(ref["input_ids"])
     targets = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size, (3, 9)))
     decoder_inputs = shift_right(targets, cfg.decoder_start_id)
-    full = model.apply({"params": params}, enc, decoder_inputs)
-    encoded = model.apply({"params": params}, enc, method=model.encode)
-    _, variables = model.apply({"params": params}, encoded, enc, decoder_inputs[:, :1], decode=True,
-                               max_decode_length=9, method=model.decode, mutable=["cache"])
+    full = forward(cfg)(params, enc, decoder_inputs)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def start(enc, first):
+        encoded = model.apply({"params": params}, enc, method=model.encode)
+        _, variables = model.apply({"params": params}, encoded, enc, first, decode=True, max_decode_length=9,
+                                   method=model.decode, mutable=["cache"])
+        return encoded, variables
+
+    encoded, variables = start(enc, decoder_inputs[:, :1])
+    step = jax.jit(lambda cache, tokens: model.apply({"params": params, "cache": cache}, encoded, enc, tokens,
+                                                     decode=True, method=model.decode, mutable=["cache"]),
+                   compiler_options=FAST_COMPILE)
     cache, steps = variables["cache"], []
     for i in range(9):
-        logits, variables = model.apply({"params": params, "cache": cache}, encoded, enc, decoder_inputs[:, i:i + 1],
-                                        decode=True, method=model.decode, mutable=["cache"])
+        logits, variables = step(cache, decoder_inputs[:, i:i + 1])
         cache = variables["cache"]
         steps.append(logits[:, 0])
     np.testing.assert_allclose(np.stack(steps, axis=1), full, rtol=1e-5, atol=1e-5)
@@ -164,20 +172,23 @@ def test_beam_search_and_sampling():
     cfg, params, _ = imported("gqa_window_softcap")
     model = EncoderDecoder(cfg)
     enc = jnp.asarray(expected("gqa_window_softcap")["input_ids"])
-    greedy = greedy_decode(params, enc, model=model, max_length=6)
-    one, _ = beam_search(params, enc, model=model, max_length=6, beam_size=1, alpha=0.0)
+    def jitted(fn, **kwargs):
+        return jax.jit(functools.partial(fn, model=model, max_length=6, **kwargs), compiler_options=FAST_COMPILE)
+
+    greedy = jitted(greedy_decode)(params, enc)
+    one, _ = jitted(beam_search, beam_size=1, alpha=0.0)(params, enc)
     np.testing.assert_array_equal(one[:, 0], greedy)
-    beams, scores = beam_search(params, enc, model=model, max_length=6, beam_size=3, alpha=0.0)
+    beams, scores = jitted(beam_search, beam_size=3, alpha=0.0)(params, enc)
 
     def log_prob(tokens_BL):  # teacher-forced total log-probability up to and including EOS
-        logp = jax.nn.log_softmax(model.apply({"params": params}, enc, shift_right(tokens_BL, cfg.decoder_start_id)))
+        logp = jax.nn.log_softmax(forward(cfg)(params, enc, shift_right(tokens_BL, cfg.decoder_start_id)))
         picked = jnp.take_along_axis(logp, tokens_BL[..., None], axis=-1)[..., 0]
         ended = jnp.cumsum(tokens_BL == cfg.eos_id, axis=1) - (tokens_BL == cfg.eos_id)
         return jnp.sum(jnp.where(ended == 0, picked, 0.0), axis=1)
 
     np.testing.assert_allclose(scores[:, 0], log_prob(beams[:, 0]), rtol=1e-4, atol=1e-4)
     assert (scores[:, 0] >= log_prob(greedy) - 1e-5).all()
-    sampled = sample_decode(params, enc, jax.random.key(0), model=model, max_length=6, top_k=1)
+    sampled = jitted(sample_decode, top_k=1)(params, enc, jax.random.key(0))
     np.testing.assert_array_equal(sampled, greedy)
 
 
@@ -220,19 +231,22 @@ def test_init_from_takes_architecture_and_gemma_tokenizer():
 
 
 def test_a_tiny_t5gemma_learns():
-    cfg = ModelConfig.from_preset("t5gemma_tiny", vocab_size=64, scan_layers=True, remat_policy="full")
+    # Scanned and rematerialised: the per-layer sliding flag is a scanned input here.
+    cfg = ModelConfig.from_preset("t5gemma_tiny", vocab_size=64, d_model=32, d_ff=64, encoder_d_model=48,
+                                  encoder_d_ff=96, d_kv=8, query_pre_attn_scalar=8.0, sliding_window=4,
+                                  scan_layers=True, remat_policy="full")
     model = EncoderDecoder(cfg)
     rng = np.random.default_rng(0)
     enc = jnp.asarray(rng.integers(4, 64, (8, 24)))
     targets = enc[:, :6]  # copy the first tokens: learnable in a few dozen steps
-    params = nn.unbox(model.init(jax.random.key(0), enc, targets)["params"])
+    params = nn.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(jax.random.key(0), enc, targets)["params"])
     optimizer = optax.adam(3e-3)
 
     def loss_fn(p):
         logits = model.apply({"params": p}, enc, shift_right(targets, cfg.decoder_start_id))
         return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
 
-    @jax.jit
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
     def step(p, opt_state):
         loss, grads = jax.value_and_grad(loss_fn)(p)
         updates, opt_state = optimizer.update(grads, opt_state, p)
