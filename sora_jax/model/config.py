@@ -66,8 +66,10 @@ PRESETS: dict[str, dict[str, Any]] = {
 # T5Gemma's released sizes, from google-deepmind/gemma gemma/research/t5gemma/config.py (the official Flax configs):
 # every size uses query_pre_attn_scalar = head_dim, soft-caps 50 (attention) and 30 (final), a 4096-token window on
 # alternate layers (sliding first) and tied output embeddings. vocab_size: the Flax config embeds 256128 rows, the
-# Hugging Face configs (google/t5gemma-*) say 256000, which is what `init_from=hf:` reads anyway; 256000 here is
-# that HF value, not confirmed against every released config.json.
+# Hugging Face configs (google/t5gemma-*) say 256000, which is what `init_from=hf:` reads anyway. With 256000 the
+# S-S and B-B presets have exactly the parameter counts KerasHub publishes for them (312,517,632 and 591,490,560);
+# the other sizes' counts (2B-2B 5,596,853,760; 9B-2B 12,292,375,296; 9B-9B 20,333,401,088) are not confirmed
+# against a released config.json.
 _T5GEMMA_COMMON: dict[str, Any] = dict(
     family="t5gemma", vocab_size=256000, feed_forward_proj="gated-gelu", tie_word_embeddings=True,
     attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096, rope_theta=10000.0,
