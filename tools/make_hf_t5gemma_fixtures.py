@@ -22,6 +22,7 @@ Seeds are fixed, so a rerun with the same versions rewrites the same fixtures.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import shutil
@@ -230,12 +231,14 @@ def run_sora_export(fixture: Path, export: Path, result: Path) -> None:
 
 
 def run_sora_workdir(workdir: str, result: Path) -> None:
-    """(Sora's Python) logits of a trained run's newest params on a few tokenized sentences, for --check_export."""
+    """(Sora's Python) float32 logits of a trained run's newest params (a LoRA run's merged, a QLoRA run's base
+    dequantized) on a few tokenized sentences, for --check_export."""
     sys.path.insert(0, str(ROOT))
-    from sora_jax.model import shift_right
+    from sora_jax.model import EncoderDecoder, shift_right
     from sora_jax.workdir import load_workdir
 
     run = load_workdir(workdir)
+    model = EncoderDecoder(dataclasses.replace(run.model_config, dtype="float32"))  # compare weights in float32
     ids = run.tokenizer.encode(TOKENIZER_TEXT[:3] + ["这个手机很好用，电池也耐用", "质量太差了"])
     width = max(map(len, ids)) + 1
     input_ids = np.zeros((len(ids), width), np.int64)
@@ -243,7 +246,7 @@ def run_sora_workdir(workdir: str, result: Path) -> None:
         input_ids[row, : len(piece_ids) + 1] = [*piece_ids, run.model_config.eos_id]
     targets = np.random.default_rng(0).integers(3, run.tokenizer.vocab_size, (len(ids), 6)).astype(np.int32)
     decoder_input_ids = np.asarray(shift_right(targets, run.model_config.decoder_start_id)).astype(np.int64)
-    logits = run.model.apply({"params": run.params}, input_ids, decoder_input_ids)
+    logits = model.apply({"params": run.params}, input_ids, decoder_input_ids)
     np.savez(result, input_ids=input_ids, attention_mask=(input_ids != 0).astype(np.int64),
              decoder_input_ids=decoder_input_ids, decoder_attention_mask=(decoder_input_ids != 0).astype(np.int64),
              export_logits=np.asarray(logits))
