@@ -321,3 +321,19 @@ def test_flops_count_every_kernel_each_token_passes():
     assert flops.encoder_weights == 2 * (2 * 8) * encoder
     assert flops.decoder_weights == 2 * (2 * 4) * decoder
     assert flops.cross_kv == 2 * (2 * 8) * cross_kv
+
+
+@pytest.mark.parametrize("name, params", [("t5gemma_s_s", 312_517_632), ("t5gemma_b_b", 591_490_560)])
+def test_presets_have_the_published_parameter_counts(name, params):
+    cfg = ModelConfig.from_preset(name, scan_layers=True)  # counts published with KerasHub's T5Gemma presets
+    tokens = jnp.ones((1, 4), jnp.int32)
+    shapes = jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), tokens, tokens)["params"]
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes))) == params
+
+
+def test_unbalanced_preset():
+    cfg = ModelConfig.from_preset("t5gemma_9b_2b")
+    enc = cfg.stack("encoder")
+    assert (enc.d_model, enc.d_ff, enc.num_heads, enc.kv_heads, cfg.num_encoder_layers) == (3584, 14336, 16, 8, 42)
+    assert (cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.kv_heads, cfg.num_decoder_layers) == (2304, 9216, 8, 4, 26)
+    assert cfg.sliding_layers("decoder")[:2] == (True, False) and cfg.decoder_start_id == 2
