@@ -120,9 +120,9 @@ def hf_logits(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
 def greedy(model, inputs: dict[str, np.ndarray]) -> np.ndarray:
     """HF greedy generation: [B, 1 + n], starting with the decoder start token, padded with 0 after EOS.
 
-    Without the KV cache: in transformers 4.57, T5Gemma's cached generate departs from its own forward pass once the
-    generated length passes a sliding window (gqa_window_softcap, row 2: cached 78, 32, 32.. but uncached and the
-    teacher-forced logits 78, 21, 21..); uncached, generate is the argmax of the forward pass the logits come from.
+    Without the KV cache: in transformers 4.57, T5Gemma's cached generate builds its cross-attention cache as a
+    sliding-window DynamicCache too, so sliding layers see only the last `sliding_window` encoder keys and the tokens
+    depart from the forward pass (the bug fixed for T5Gemma 2 in huggingface/transformers PR #45540).
     """
     import torch
 
