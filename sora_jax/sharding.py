@@ -21,7 +21,7 @@ from sora_jax.errors import SoraError
 
 MESH_AXES = ("data", "fsdp", "tensor")
 BATCH_AXES = ("data", "fsdp")
-LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "vocab", "relpos_buckets", "layers")
+LOGICAL_AXES = ("batch", "length", "embed", "mlp", "heads", "kv", "kv_heads", "vocab", "relpos_buckets", "layers")
 
 
 def resolve_mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:

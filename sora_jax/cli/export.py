@@ -1,4 +1,4 @@
-"""`sora-export`: a trained run's checkpoint in the Hugging Face T5 layout, or with quantized weights.
+"""`sora-export`: a trained run's checkpoint in the Hugging Face layout (T5 or T5Gemma), or with quantized weights.
 
     sora-export --workdir=DIR|gs://... --out=DIR [--step=N|best] [--overwrite]
     sora-export --workdir=DIR|gs://... --out=DIR|gs://... --quantize=int8|int4 [--step=N|best] [--overwrite]
@@ -20,7 +20,7 @@ from sora_jax.cli import common
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point (`sora-export`)."""
     parser = argparse.ArgumentParser(prog="sora-export", description="Export a Sora checkpoint to the Hugging Face "
-                                                                     "T5 layout.")
+                                                                     "layout (T5 or T5Gemma).")
     parser.add_argument("--workdir", required=True, help="a trained Sora workdir (local or gs://)")
     parser.add_argument("--out", required=True, help="output folder (created; local or gs://)")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in --out")
@@ -40,7 +40,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                   f"sora-predict --workdir={args.out}")
             return 0
         step = export_workdir(args.workdir, args.out, args.step, overwrite=args.overwrite)
-        print(f"exported step {step} of {args.workdir} to {args.out} (Hugging Face T5 layout)")
+        print(f"exported step {step} of {args.workdir} to {args.out} (Hugging Face layout)")
         return 0
 
     return common.run_cli(body)

@@ -27,6 +27,7 @@ DEFAULT_LOGICAL_AXIS_RULES = (
     ("mlp", "tensor"),
     ("heads", "tensor"),
     ("kv", None),
+    ("kv_heads", None),  # grouped key/value heads (T5Gemma): few, so replicated by default
     ("vocab", "tensor"),
     ("relpos_buckets", None),
     ("layers", None),
@@ -46,12 +47,28 @@ MODEL_FIELDS = {
     "feed_forward_proj": str,
     "tie_word_embeddings": bool,
     "layer_norm_epsilon": float,
+    "decoder_start_id": int,
+    # T5Gemma (family "t5gemma"; see sora_jax/model/config.py).
+    "family": str,
+    "num_kv_heads": int,
+    "rope_theta": float,
+    "query_pre_attn_scalar": float,
+    "attn_logit_softcapping": float,
+    "final_logit_softcapping": float,
+    "sliding_window": int,
+    "encoder_layer_types": tuple,
+    "decoder_layer_types": tuple,
+    "encoder_d_model": int,
+    "encoder_d_ff": int,
+    "encoder_num_heads": int,
+    "encoder_num_kv_heads": int,
 }
 
 # Model fields that decide parameter shapes: a workdir's saved value must equal the new one.
 SHAPE_FIELDS = (
     "vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers", "num_decoder_layers",
-    "relative_attention_num_buckets", "feed_forward_proj", "tie_word_embeddings", "scan_layers",
+    "relative_attention_num_buckets", "feed_forward_proj", "tie_word_embeddings", "scan_layers", "family",
+    "num_kv_heads", "encoder_d_model", "encoder_d_ff", "encoder_num_heads", "encoder_num_kv_heads",
 )
 
 
@@ -181,7 +198,7 @@ def resolve_model_config(model_cfg: ml_collections.ConfigDict, tokenizer_vocab: 
     fields = dict(PRESETS[model_cfg.preset])
     for name in MODEL_FIELDS:
         if model_cfg[name] is not None:
-            fields[name] = model_cfg[name]
+            fields[name] = tuple(model_cfg[name]) if MODEL_FIELDS[name] is tuple else model_cfg[name]
     if model_cfg.vocab_size is None:
         fields["vocab_size"] = -(-tokenizer_vocab // VOCAB_MULTIPLE) * VOCAB_MULTIPLE
     elif model_cfg.vocab_size < tokenizer_vocab:

@@ -1,8 +1,9 @@
-"""Import and export Hugging Face T5-family checkpoints (T5 v1.0, T5 v1.1, Flan-T5, mT5) without PyTorch.
+"""Import and export Hugging Face T5-family checkpoints (T5 v1.0, T5 v1.1, Flan-T5, mT5) and T5Gemma without PyTorch.
 
 A checkpoint directory is what transformers' `save_pretrained(..., safe_serialization=True)` writes:
 `config.json`, `model.safetensors` (or `model.safetensors.index.json` plus shards) and, from a tokenizer's
-save, `spiece.model`. Import checks everything (config fields, tensor names, shapes, the tokenizer's size)
+save, `spiece.model` (T5) or `tokenizer.model` (Gemma). config.json's model_type picks the architecture
+(sora_jax/interop/formats.py). Import checks everything (config fields, tensor names, shapes, the tokenizer's size)
 before the first array is placed on a device, then streams the weights one shard at a time.
 """
 
@@ -27,17 +28,8 @@ from safetensors.numpy import save as safetensors_bytes
 from sora_jax import paths
 from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from sora_jax.errors import SoraError
-from sora_jax.interop.hf_t5_config import config_from_hf, config_to_hf, generation_config_to_hf
-from sora_jax.interop.hf_t5_layout import (
-    EMBED_COPIES,
-    LM_HEAD,
-    SHARED,
-    TensorSpec,
-    optional_tensors,
-    tensor_specs,
-    to_hf,
-    to_sora,
-)
+from sora_jax.interop import formats
+from sora_jax.interop.hf_t5_layout import TensorSpec, to_hf, to_sora
 from sora_jax.model.config import DTYPES, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -46,7 +38,6 @@ CONFIG_FILE = "config.json"
 GENERATION_CONFIG_FILE = "generation_config.json"
 WEIGHTS_FILE = "model.safetensors"
 INDEX_FILE = "model.safetensors.index.json"
-SPIECE_FILE = "spiece.model"
 _FLOAT_DTYPES = ("F16", "BF16", "F32", "F64")
 _OTHER_WEIGHT_FILES = ("pytorch_model.bin", "pytorch_model.bin.index.json", "tf_model.h5", "flax_model.msgpack")
 
@@ -70,22 +61,27 @@ def _more(items: list[Any]) -> str:
     return f" (and {len(items) - 1} more)" if len(items) > 1 else ""
 
 
-def hf_extra_ids(num_pieces: int, model_vocab_size: int) -> int:
-    """The sentinels a Hugging Face T5 checkpoint has: T5's 100 after the sentencepiece pieces, as many as the
-    embedding holds (every released T5/mT5/Flan-T5 holds all 100; tiny test checkpoints may hold fewer)."""
-    return max(0, min(100, model_vocab_size - num_pieces))
+def checkpoint_tokenizer(root: Path, cfg: ModelConfig) -> tuple[Path, int]:
+    """(the sentencepiece model file of a checkpoint directory, its sentinel count) for a model of `cfg`; a missing
+    file is a SoraError."""
+    fmt = formats.for_model(cfg)
+    file = root / fmt.tokenizer_file
+    if not file.is_file():
+        raise SoraError(f"{root} has no {fmt.tokenizer_file} (the checkpoint's sentencepiece model); copy it there "
+                        "from the model's download, or set config.tokenizer.model_path to it.")
+    return file, fmt.extra_ids(Tokenizer.load(file, extra_ids=0).num_pieces, cfg.vocab_size)
 
 
-def _load_tokenizer(root: Path, cfg: ModelConfig) -> Tokenizer | None:
-    file = root / SPIECE_FILE
+def _load_tokenizer(root: Path, cfg: ModelConfig, fmt: formats.Format) -> Tokenizer | None:
+    file = root / fmt.tokenizer_file
     if not file.is_file():
         return None
     pieces = Tokenizer.load(file, extra_ids=0).num_pieces  # SoraError if unreadable or pad/eos are not 0/1
-    tokenizer = Tokenizer.load(file, extra_ids=hf_extra_ids(pieces, cfg.vocab_size))
+    tokenizer = Tokenizer.load(file, extra_ids=fmt.extra_ids(pieces, cfg.vocab_size))
     if tokenizer.vocab_size > cfg.vocab_size:
-        raise SoraError(f"{file} has {tokenizer.vocab_size} pieces but the model's embedding (shared.weight, "
-                        f"vocab_size in {CONFIG_FILE}) has only {cfg.vocab_size} rows; use the spiece.model that "
-                        "was saved with these weights.")
+        raise SoraError(f"{file} has {tokenizer.vocab_size} pieces but the model's embedding ({fmt.embed}, "
+                        f"vocab_size in {CONFIG_FILE}) has only {cfg.vocab_size} rows; use the {fmt.tokenizer_file} "
+                        "that was saved with these weights.")
     if (cfg.pad_id, cfg.eos_id) != (PAD_ID, EOS_ID):
         raise SoraError(f"{root / CONFIG_FILE}: pad_token_id/eos_token_id are {cfg.pad_id}/{cfg.eos_id} but "
                         f"{file} (like every Sora tokenizer) uses {PAD_ID}/{EOS_ID}; fix config.json.")
@@ -135,11 +131,12 @@ def _stored_tensors(root: Path) -> dict[str, _Stored]:
     return stored
 
 
-def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], root: Path) -> dict[str, str]:
+def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], root: Path, fmt: formats.Format) -> dict[str, str]:
     """Checks names, shapes and dtypes against the config; returns HF name -> stored name to read it from."""
-    specs = tensor_specs(cfg)
+    specs = fmt.tensor_specs(cfg)
     expected = {s.hf_name: s.hf_shape for s in specs}
-    allowed = {**optional_tensors(cfg), **expected}
+    allowed = {**fmt.optional_tensors(cfg), **expected}
+    shared, lm_head = fmt.embed, fmt.lm_head
     config_file = root / CONFIG_FILE
     wrong_shape = [n for n in allowed if n in stored and stored[n].shape != allowed[n]]  # model order
     if wrong_shape:
@@ -151,29 +148,29 @@ def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], root: Path) -> 
     if unexpected:
         name = unexpected[0]
         raise SoraError(f"{stored[name].file}: unexpected tensor {name}{_more(unexpected)} for the model "
-                        f"{config_file} describes; check that its num_layers, num_decoder_layers, "
-                        "feed_forward_proj and tie_word_embeddings belong to these weights.")
+                        f"{config_file} describes; check that its layer counts, feed_forward_proj and "
+                        "tie_word_embeddings belong to these weights.")
     not_float = [n for n in stored if stored[n].dtype not in _FLOAT_DTYPES]
     if not_float:
         name = not_float[0]
         raise SoraError(f"{stored[name].file}: tensor {name} has dtype {stored[name].dtype}; Sora imports "
                         "float16/bfloat16/float32 weights only (dequantise the checkpoint first).")
     sources = {name: name for name in expected}
-    if SHARED not in stored:  # some conversions keep only a tied copy of the embedding
-        sources[SHARED] = next((n for n in EMBED_COPIES if n in stored), SHARED)
+    if shared not in stored:  # some conversions keep only a tied copy of the embedding
+        sources[shared] = next((n for n in fmt.embed_copies if n in stored), shared)
     missing = [name for name in expected if sources[name] not in stored]
     if missing:
         where = root / (WEIGHTS_FILE if (root / WEIGHTS_FILE).is_file() else INDEX_FILE)
         raise SoraError(f"{where}: tensor {missing[0]}{_more(missing)} is missing, but {config_file} describes a "
                         "model that needs it; check that config.json belongs to these weights.")
-    if cfg.tie_word_embeddings and LM_HEAD in stored:
-        with safe_open(stored[LM_HEAD].file, framework="numpy") as f:
-            head = f.get_tensor(LM_HEAD)
-        with safe_open(stored[sources[SHARED]].file, framework="numpy") as f:
-            same = np.array_equal(head, f.get_tensor(sources[SHARED]))
+    if cfg.tie_word_embeddings and lm_head in stored:
+        with safe_open(stored[lm_head].file, framework="numpy") as f:
+            head = f.get_tensor(lm_head)
+        with safe_open(stored[sources[shared]].file, framework="numpy") as f:
+            same = np.array_equal(head, f.get_tensor(sources[shared]))
         if not same:
-            raise SoraError(f"{stored[LM_HEAD].file}: tensor {LM_HEAD} differs from {SHARED} but {config_file} "
-                            "has tie_word_embeddings true (the t5 default); set \"tie_word_embeddings\": false "
+            raise SoraError(f"{stored[lm_head].file}: tensor {lm_head} differs from {shared} but {config_file} "
+                            "has tie_word_embeddings true (the default); set \"tie_word_embeddings\": false "
                             "there if the head is a separate matrix.")
     return sources
 
@@ -257,14 +254,14 @@ def load_hf_t5(
     directory: str | Path, *, dtype: str = "float32", param_dtype: str = "float32", scan_layers: bool = False,
     shardings: Any = None,
 ) -> tuple[ModelConfig, dict[str, Any], Tokenizer | None]:
-    """Imports a Hugging Face T5 / T5 v1.1 / Flan-T5 / mT5 checkpoint directory.
+    """Imports a Hugging Face T5 / T5 v1.1 / Flan-T5 / mT5 / T5Gemma checkpoint directory.
 
     Returns (config, params, tokenizer): a ModelConfig with the given dtype, param_dtype and scan_layers; the
     params tree of `EncoderDecoder(config)` (stacked under `layers` when scan_layers) as jax Arrays in
     param_dtype, each placed with `jax.device_put(array, sharding)` when `shardings` (one Sharding, or a tree
     shaped like the params, e.g. from sora_jax.sharding.logical_shardings) is given; and the Tokenizer of
-    `spiece.model`, or None when the directory has none. Everything is checked before anything is placed;
-    problems raise SoraError naming the file and the field or tensor.
+    `spiece.model` (T5) or `tokenizer.model` (T5Gemma), or None when the directory has none. Everything is
+    checked before anything is placed; problems raise SoraError naming the file and the field or tensor.
     """
     for name, value in (("dtype", dtype), ("param_dtype", param_dtype)):
         if value not in DTYPES:
@@ -276,12 +273,13 @@ def load_hf_t5(
     if not config_file.is_file():
         raise SoraError(f"{config_file} does not exist; point to a Hugging Face T5 checkpoint directory (what "
                         "save_pretrained writes: config.json and model.safetensors).")
-    cfg = config_from_hf(_read_json(config_file), config_file, dtype=dtype, param_dtype=param_dtype,
-                         scan_layers=scan_layers)
-    tokenizer = _load_tokenizer(root, cfg)
+    raw = _read_json(config_file)
+    fmt = formats.for_config_json(raw, config_file)
+    cfg = fmt.config_from_hf(raw, config_file, dtype=dtype, param_dtype=param_dtype, scan_layers=scan_layers)
+    tokenizer = _load_tokenizer(root, cfg, fmt)
     stored = _stored_tensors(root)
-    sources = _check_tensors(cfg, stored, root)
-    specs = tensor_specs(cfg)
+    sources = _check_tensors(cfg, stored, root, fmt)
+    specs = fmt.tensor_specs(cfg)
     placement = _leaf_shardings(shardings, _full_shapes(cfg, specs, cfg.scan_layers))
     params = _read_params(cfg, specs, stored, sources, placement)
     log.info("Imported %s: %d tensors, vocab %d, d_model %d, %d+%d layers.", root, len(specs), cfg.vocab_size,
@@ -298,12 +296,13 @@ def _to_host(x: Any) -> np.ndarray:
 def save_hf_t5(
     directory: str | Path, model_config: ModelConfig, params: Any, tokenizer: Tokenizer | None = None
 ) -> None:
-    """Exports Sora params as a checkpoint `T5ForConditionalGeneration.from_pretrained` loads without warnings.
+    """Exports Sora params as a checkpoint `T5ForConditionalGeneration.from_pretrained` (T5GemmaForConditional-
+    Generation for family "t5gemma") loads without warnings.
 
     Writes config.json, generation_config.json, model.safetensors (HF names, the params' own float dtype) and,
-    with a tokenizer, spiece.model. `params` may be scanned or not, boxed or plain, or wrapped as
-    {"params": ...}. With several processes every process must call this (arrays are gathered); process 0
-    writes.
+    with a tokenizer, spiece.model (T5) or tokenizer.model (T5Gemma). `params` may be scanned or not, boxed or
+    plain, or wrapped as {"params": ...}. With several processes every process must call this (arrays are
+    gathered); process 0 writes.
     """
     if not isinstance(model_config, ModelConfig):
         raise SoraError(f"save_hf_t5 needs a ModelConfig, got {type(model_config).__name__}.")
@@ -315,7 +314,8 @@ def save_hf_t5(
         raise SoraError(f"save_hf_t5 needs the params dict of EncoderDecoder, got {type(tree).__name__}.")
     flat = traverse_util.flatten_dict(tree)
     scanned = any(len(path) > 1 and path[1] == "layers" for path in flat)
-    specs = tensor_specs(cfg)
+    fmt = formats.for_model(cfg)
+    specs = fmt.tensor_specs(cfg)
     shapes = _full_shapes(cfg, specs, scanned)
     missing, extra = sorted(set(shapes) - set(flat)), sorted(set(flat) - set(shapes))
     wrong = [p for p in shapes if p in flat and tuple(np.shape(flat[p])) != shapes[p]]
@@ -339,10 +339,10 @@ def save_hf_t5(
     if jax.process_index() != 0:
         return
     out = paths.as_path(directory)  # A local folder or a bucket URL.
-    paths.write_text(out / CONFIG_FILE, json.dumps(config_to_hf(cfg), indent=2, sort_keys=True) + "\n")
-    paths.write_text(out / GENERATION_CONFIG_FILE, json.dumps(generation_config_to_hf(cfg), indent=2) + "\n")
+    paths.write_text(out / CONFIG_FILE, json.dumps(fmt.config_to_hf(cfg), indent=2, sort_keys=True) + "\n")
+    paths.write_text(out / GENERATION_CONFIG_FILE, json.dumps(fmt.generation_config_to_hf(cfg), indent=2) + "\n")
     # transformers requires the "format" metadata.
     paths.write_bytes(out / WEIGHTS_FILE, safetensors_bytes(tensors, metadata={"format": "pt"}))
     if tokenizer is not None:
-        paths.write_bytes(out / SPIECE_FILE, tokenizer.model_proto())
+        paths.write_bytes(out / fmt.tokenizer_file, tokenizer.model_proto())
     log.info("Exported %d tensors to %s.", len(tensors), out)

@@ -34,6 +34,9 @@ class TensorSpec:
     stack: str | None  # "encoder" / "decoder" for per-layer tensors, else None
     layer: int | None  # block index for per-layer tensors
     sub_path: tuple[str, ...]  # the full Sora path for global tensors, the path inside the layer otherwise
+    # Sora's shape of a HEADS_IN / HEADS_OUT tensor when it is not T5's [D, H, K] / [H, K, D] (grouped key/value
+    # heads, a cross-attention reading a wider encoder).
+    heads_shape: tuple[int, ...] | None = None
 
     def sora_path(self, scan_layers: bool) -> tuple[str, ...]:
         """Path in the param tree; with scan_layers a per-layer tensor is row `layer` of a stacked leaf."""
@@ -46,6 +49,8 @@ class TensorSpec:
         """Shape of the converted tensor (one layer's slice when scanned)."""
         if self.kind == DENSE:
             return self.hf_shape[::-1]
+        if self.heads_shape is not None:
+            return self.heads_shape
         if self.kind == HEADS_IN:
             return (cfg.d_model, cfg.num_heads, cfg.d_kv)
         if self.kind == HEADS_OUT:
@@ -114,20 +119,15 @@ def to_sora(spec: TensorSpec, array: np.ndarray, cfg: ModelConfig) -> np.ndarray
     """HF layout -> Sora layout (one layer's slice)."""
     if spec.kind == DENSE:
         return array.T
-    if spec.kind == HEADS_IN:
-        return array.T.reshape(cfg.d_model, cfg.num_heads, cfg.d_kv)
-    if spec.kind == HEADS_OUT:
-        return array.T.reshape(cfg.num_heads, cfg.d_kv, cfg.d_model)
+    if spec.kind in (HEADS_IN, HEADS_OUT):
+        return array.T.reshape(spec.sora_shape(cfg))
     return array
 
 
 def to_hf(spec: TensorSpec, array: np.ndarray, cfg: ModelConfig) -> np.ndarray:
     """Sora layout (one layer's slice) -> HF layout, C-contiguous as safetensors needs."""
-    inner = cfg.num_heads * cfg.d_kv
     if spec.kind == DENSE:
         array = array.T
-    elif spec.kind == HEADS_IN:
-        array = array.reshape(cfg.d_model, inner).T
-    elif spec.kind == HEADS_OUT:
-        array = array.reshape(inner, cfg.d_model).T
+    elif spec.kind in (HEADS_IN, HEADS_OUT):
+        array = array.reshape(spec.hf_shape[::-1]).T
     return np.ascontiguousarray(array)

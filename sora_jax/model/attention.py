@@ -1,4 +1,5 @@
-"""Multi-head attention in the T5 convention (no biases, no 1/sqrt(d_kv) scaling) with a KV cache."""
+"""Multi-head attention with a KV cache: T5's convention (no biases, no 1/sqrt(d_kv) scaling, relative position
+bias) or T5Gemma's (RoPE, grouped-query heads, query_pre_attn_scalar**-0.5 scaling, optional logit soft-capping)."""
 
 from __future__ import annotations
 
@@ -7,9 +8,28 @@ import jax
 import jax.numpy as jnp
 
 from sora_jax.model.config import ModelConfig
-from sora_jax.model.layers import ACT_BLD, param_with_axes
+from sora_jax.model.layers import ACT_BLD, apply_rope, param_with_axes, soft_cap
 
 ACT_BLHK = ("batch", "length", "heads", "kv")
+ACT_BLGK = ("batch", "length", "kv_heads", "kv")
+
+
+def softcapped_attention(q_BLHK: jax.Array, k_BSGK: jax.Array, v_BSGK: jax.Array, mask_B1LS: jax.Array | None,
+                         scale: float, cap: float) -> jax.Array:
+    """Attention whose logits pass through cap * tanh(logits / cap) before masking (Gemma 2), which
+    jax.nn.dot_product_attention cannot express. G key/value heads serve H // G query heads each (head h reads
+    key head h // (H // G), as dot_product_attention and Hugging Face's repeat_kv group them). Softmax in float32."""
+    batch, length, heads, head_dim = q_BLHK.shape
+    groups = k_BSGK.shape[2]
+    q_BLGRK = q_BLHK.reshape(batch, length, groups, heads // groups, head_dim)
+    logits_BGRLS = jnp.einsum("blgrk,bsgk->bgrls", q_BLGRK, k_BSGK, preferred_element_type=jnp.float32)
+    logits_BGRLS = soft_cap(logits_BGRLS * scale, cap)
+    if mask_B1LS is not None:
+        big_negative = jnp.finfo(jnp.float32).min
+        logits_BGRLS = jnp.where(mask_B1LS[:, :, None], logits_BGRLS, big_negative)
+    probs_BGRLS = jax.nn.softmax(logits_BGRLS, axis=-1).astype(v_BSGK.dtype)
+    out_BLGRK = jnp.einsum("bgrls,bsgk->blgrk", probs_BGRLS, v_BSGK)
+    return out_BLGRK.reshape(batch, length, heads, head_dim)
 
 
 class HeadProjection(nn.Module):
@@ -67,6 +87,7 @@ class MultiHeadAttention(nn.Module):
         *,
         mask_B1LS: jax.Array | None = None,
         bias_BHLS: jax.Array | None = None,
+        rope_sin_cos: tuple[jax.Array, jax.Array] | None = None,
         deterministic: bool = True,
         decode: bool = False,
         decode_index: jax.Array | None = None,
@@ -75,23 +96,33 @@ class MultiHeadAttention(nn.Module):
         """Attends queries from x [B, L, D] to keys/values from kv [B, S, D] -> [B, L, D].
 
         mask: boolean, True = may attend, broadcastable to [B, 1, L, S]. bias: additive, [1 or B, H, L, S].
+        rope_sin_cos: (sin, cos) [1 or B, L, K // 2] of the query positions (self-attention; keys share them).
         decode_index: scalar int, where this call's keys go in the self-attention cache.
         cache_length: self-attention cache size when the cache is created (defaults to L).
         """
         cfg = self.config
         heads_kv = (cfg.num_heads, cfg.d_kv)
+        # Grouped keys/values get their own logical axis: fewer heads may not divide the mesh axis "heads" uses.
+        grouped = cfg.kv_heads != cfg.num_heads
+        kv_shape, kv_axes = (cfg.kv_heads, cfg.d_kv), ("kv_heads" if grouped else "heads", "kv")
+        act_kv = ACT_BLGK if grouped else ACT_BLHK
         dtype = cfg.compute_dtype
-        # T5 init: the query absorbs the missing 1/sqrt(d_kv) logit scaling through a smaller init.
-        q_BLHK = self._projection(heads_kv, -1, ("embed", "heads", "kv"), (cfg.d_model * cfg.d_kv) ** -0.5,
-                                  "q")(x_BLD)
+        # T5 init: the query absorbs the missing 1/sqrt(d_kv) logit scaling through a smaller init. T5Gemma scales
+        # logits by query_pre_attn_scalar**-0.5 instead, so its query gets the plain fan-in init.
+        q_std = cfg.d_model**-0.5 if cfg.is_t5gemma else (cfg.d_model * cfg.d_kv) ** -0.5
+        q_BLHK = self._projection(heads_kv, -1, ("embed", "heads", "kv"), q_std, "q")(x_BLD)
+        if rope_sin_cos is not None:
+            q_BLHK = apply_rope(q_BLHK, *rope_sin_cos)
         q_BLHK = nn.with_logical_constraint(q_BLHK, ACT_BLHK)
 
         def project_kv(source_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
-            std = cfg.d_model**-0.5
-            k_BSHK = self._projection(heads_kv, -1, ("embed", "heads", "kv"), std, "k")(source_BSD)
-            v_BSHK = self._projection(heads_kv, -1, ("embed", "heads", "kv"), std, "v")(source_BSD)
-            return (nn.with_logical_constraint(k_BSHK, ACT_BLHK),
-                    nn.with_logical_constraint(v_BSHK, ACT_BLHK))
+            std = source_BSD.shape[-1] ** -0.5
+            k_BSHK = self._projection(kv_shape, -1, ("embed", *kv_axes), std, "k")(source_BSD)
+            v_BSHK = self._projection(kv_shape, -1, ("embed", *kv_axes), std, "v")(source_BSD)
+            if rope_sin_cos is not None:
+                k_BSHK = apply_rope(k_BSHK, *rope_sin_cos)
+            return (nn.with_logical_constraint(k_BSHK, act_kv),
+                    nn.with_logical_constraint(v_BSHK, act_kv))
 
         if decode and self.is_cross_attention:
             cache_ready = self.has_variable("cache", "cached_key")
@@ -106,7 +137,7 @@ class MultiHeadAttention(nn.Module):
             cache_ready = self.has_variable("cache", "cached_key")
             k_BSHK, v_BSHK = project_kv(kv_BSD)
             batch, length = x_BLD.shape[:2]
-            shape = (batch, cache_length or length, *heads_kv)
+            shape = (batch, cache_length or length, *kv_shape)
             cached_key = self.variable("cache", "cached_key", jnp.zeros, shape, dtype)
             cached_value = self.variable("cache", "cached_value", jnp.zeros, shape, dtype)
             if cache_ready:
@@ -126,10 +157,15 @@ class MultiHeadAttention(nn.Module):
                 mask_B1LS, (x_BLD.shape[0], 1, q_BLHK.shape[1], k_BSHK.shape[1])
             )
         # scale=1.0: T5 folds the 1/sqrt(d_kv) into the query init instead of scaling logits.
-        out_BLHK = jax.nn.dot_product_attention(
-            q_BLHK.astype(dtype), k_BSHK.astype(dtype), v_BSHK.astype(dtype),
-            bias=bias_BHLS, mask=mask_B1LS, scale=1.0,
-        )
+        scale = (cfg.query_pre_attn_scalar or cfg.d_kv) ** -0.5 if cfg.is_t5gemma else 1.0
+        if cfg.attn_logit_softcapping:
+            out_BLHK = softcapped_attention(q_BLHK.astype(dtype), k_BSHK.astype(dtype), v_BSHK.astype(dtype),
+                                            mask_B1LS, scale, cfg.attn_logit_softcapping)
+        else:
+            out_BLHK = jax.nn.dot_product_attention(
+                q_BLHK.astype(dtype), k_BSHK.astype(dtype), v_BSHK.astype(dtype),
+                bias=bias_BHLS, mask=mask_B1LS, scale=scale,
+            )
         out_BLHK = nn.with_logical_constraint(out_BLHK, ACT_BLHK)
         # dot_product_attention has no dropout on the probabilities. Dropping the per-head context instead
         # is the nearest substitute (it perturbs each head's mixture of values), and placing it before the

@@ -11,6 +11,12 @@ import jax.numpy as jnp
 from sora_jax.errors import SoraError
 
 FEED_FORWARD_PROJS = ("relu", "gated-gelu")
+# "t5": relative position bias, pre-norm only, one embedding shared by both stacks. "t5gemma": Gemma 2 blocks (RoPE,
+# grouped-query attention, (1 + w) RMSNorm before and after each sublayer, embeddings scaled by sqrt(width), one
+# embedding per stack, optional soft-capping and sliding windows) and an encoder that may be wider than the decoder.
+FAMILIES = ("t5", "t5gemma")
+FULL, SLIDING = "full_attention", "sliding_attention"
+LAYER_TYPES = (FULL, SLIDING)
 DTYPES = ("float32", "bfloat16", "float16")
 # Names accepted for `remat_policy`; "none" means no rematerialisation, "full" saves nothing.
 REMAT_POLICIES = ("none", "full", "dots_saveable", "dots_with_no_batch_dims_saveable")
@@ -57,6 +63,58 @@ PRESETS: dict[str, dict[str, Any]] = {
     ),
 }
 
+# T5Gemma's released sizes, from google-deepmind/gemma gemma/research/t5gemma/config.py (the official Flax configs):
+# every size uses query_pre_attn_scalar = head_dim, soft-caps 50 (attention) and 30 (final), a 4096-token window on
+# alternate layers (sliding first) and tied output embeddings. vocab_size: the Flax config embeds 256128 rows, the
+# Hugging Face configs (google/t5gemma-*) say 256000, which is what `init_from=hf:` reads anyway. With 256000 the
+# S-S and B-B presets have exactly the parameter counts KerasHub publishes for them (312,517,632 and 591,490,560);
+# the other sizes' counts (2B-2B 5,596,853,760; 9B-2B 12,292,375,296; 9B-9B 20,333,401,088) are not confirmed
+# against a released config.json.
+_T5GEMMA_COMMON: dict[str, Any] = dict(
+    family="t5gemma", vocab_size=256000, feed_forward_proj="gated-gelu", tie_word_embeddings=True,
+    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=4096, rope_theta=10000.0,
+    dropout_rate=0.0, pad_id=0, eos_id=1, decoder_start_id=2,
+)
+_GEMMA2_STACKS: dict[str, dict[str, int]] = {  # one stack each: layers, width, MLP, heads, kv heads, head_dim
+    "2b": dict(layers=26, d_model=2304, d_ff=9216, num_heads=8, num_kv_heads=4, d_kv=256),
+    "9b": dict(layers=42, d_model=3584, d_ff=14336, num_heads=16, num_kv_heads=8, d_kv=256),
+    "s": dict(layers=8, d_model=512, d_ff=1024, num_heads=8, num_kv_heads=8, d_kv=64),
+    "b": dict(layers=12, d_model=768, d_ff=2048, num_heads=12, num_kv_heads=12, d_kv=64),
+    "l": dict(layers=24, d_model=1024, d_ff=2816, num_heads=16, num_kv_heads=16, d_kv=64),
+    "ml": dict(layers=26, d_model=1152, d_ff=6912, num_heads=4, num_kv_heads=4, d_kv=256),
+    "xl": dict(layers=24, d_model=2048, d_ff=5120, num_heads=32, num_kv_heads=32, d_kv=64),
+}
+
+
+def _t5gemma_preset(encoder: str, decoder: str) -> dict[str, Any]:
+    enc, dec = _GEMMA2_STACKS[encoder], _GEMMA2_STACKS[decoder]
+    assert enc["d_kv"] == dec["d_kv"]
+    preset = dict(_T5GEMMA_COMMON, d_model=dec["d_model"], d_ff=dec["d_ff"], num_heads=dec["num_heads"],
+                  num_kv_heads=dec["num_kv_heads"], d_kv=dec["d_kv"], query_pre_attn_scalar=float(dec["d_kv"]),
+                  num_encoder_layers=enc["layers"], num_decoder_layers=dec["layers"])
+    if enc != dec:
+        preset.update(encoder_d_model=enc["d_model"], encoder_d_ff=enc["d_ff"], encoder_num_heads=enc["num_heads"],
+                      encoder_num_kv_heads=enc["num_kv_heads"])
+    return preset
+
+
+PRESETS.update({f"t5gemma_{e}_{d}": _t5gemma_preset(e, d)
+                for e, d in (("2b", "2b"), ("9b", "2b"), ("9b", "9b"), ("s", "s"), ("b", "b"), ("l", "l"),
+                             ("ml", "ml"), ("xl", "xl"))})
+# A T5Gemma small enough to train from scratch on 2 CPU cores in a minute or two (configs/t5gemma_tiny.py): every
+# feature on (GQA, sliding + global layers, soft-capping, a wider encoder). vocab_size comes from the tokenizer.
+PRESETS["t5gemma_tiny"] = dict(
+    family="t5gemma", d_model=128, d_ff=256, num_heads=4, num_kv_heads=2, d_kv=32, num_encoder_layers=2,
+    num_decoder_layers=2, encoder_d_model=160, encoder_d_ff=320, query_pre_attn_scalar=32.0,
+    attn_logit_softcapping=50.0, final_logit_softcapping=30.0, sliding_window=16, dropout_rate=0.0,
+    decoder_start_id=2,
+)
+
+
+_T5GEMMA_ONLY = ("num_kv_heads", "rope_theta", "query_pre_attn_scalar", "attn_logit_softcapping",
+                 "final_logit_softcapping", "sliding_window", "encoder_layer_types", "decoder_layer_types",
+                 "encoder_d_model", "encoder_d_ff", "encoder_num_heads", "encoder_num_kv_heads")
+
 
 def _fail(field: str, problem: str, fix: str) -> None:
     raise SoraError(f"ModelConfig.{field} {problem}; {fix}.")
@@ -90,6 +148,20 @@ class ModelConfig:
     pad_id: int = 0
     eos_id: int = 1
     decoder_start_id: int = 0
+    # T5Gemma only (family="t5gemma"); 0 / () means "not used" or "same as the decoder's".
+    family: str = "t5"
+    num_kv_heads: int = 0  # 0 = num_heads (no grouping)
+    rope_theta: float = 10000.0
+    query_pre_attn_scalar: float = 0.0  # logits are scaled by its -1/2 power; 0 = d_kv
+    attn_logit_softcapping: float = 0.0  # cap * tanh(logits / cap) on attention logits; 0 = off
+    final_logit_softcapping: float = 0.0  # the same on the output logits; 0 = off
+    sliding_window: int = 0  # keys within this distance of the query for sliding layers
+    encoder_layer_types: tuple[str, ...] = ()  # () = sliding/full alternating (Gemma 2) with a window, else full
+    decoder_layer_types: tuple[str, ...] = ()
+    encoder_d_model: int = 0  # an encoder of another size than the decoder (T5Gemma 9B-2B); 0 = the decoder's
+    encoder_d_ff: int = 0
+    encoder_num_heads: int = 0
+    encoder_num_kv_heads: int = 0
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers",
@@ -128,6 +200,78 @@ class ModelConfig:
             if not _is_int(value) or not 0 <= value < self.vocab_size:
                 _fail(name, f"must be a token id in [0, vocab_size={self.vocab_size}), got {value!r}",
                       "check the tokenizer's special ids")
+        self._check_family()
+
+    def _check_family(self) -> None:
+        if self.family not in FAMILIES:
+            _fail("family", f"is {self.family!r}", f"use one of {', '.join(FAMILIES)}")
+        for name in ("num_kv_heads", "sliding_window", "encoder_d_model", "encoder_d_ff", "encoder_num_heads",
+                     "encoder_num_kv_heads"):
+            value = getattr(self, name)
+            if not _is_int(value) or value < 0:
+                _fail(name, f"must be an integer >= 0, got {value!r}", "use 0 for the default")
+        for name in ("rope_theta", "query_pre_attn_scalar", "attn_logit_softcapping", "final_logit_softcapping"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                _fail(name, f"must be a number >= 0, got {value!r}", "use 0 for the default")
+        if self.family == "t5":
+            gemma_only = [f.name for f in dataclasses.fields(self)
+                          if f.name in _T5GEMMA_ONLY and getattr(self, f.name) != f.default]
+            if gemma_only:
+                _fail(gemma_only[0], "is set but family is \"t5\"", "set family=\"t5gemma\" or leave it unset")
+            return
+        if self.feed_forward_proj != "gated-gelu":
+            _fail("feed_forward_proj", f"is {self.feed_forward_proj!r} but T5Gemma's MLP is GeGLU",
+                  "use \"gated-gelu\"")
+        if self.rope_theta <= 0:
+            _fail("rope_theta", "must be > 0 for RoPE", "use 10000 as Gemma 2 does")
+        for stack in ("encoder", "decoder"):
+            cfg = self.stack(stack)
+            if cfg.num_heads % cfg.kv_heads:
+                _fail("encoder_num_kv_heads" if stack == "encoder" and self.encoder_num_kv_heads else "num_kv_heads",
+                      f"({cfg.kv_heads}) must divide the {stack}'s num_heads ({cfg.num_heads})",
+                      "pick a divisor (grouped-query attention shares each key/value head among a group)")
+            types = getattr(self, f"{stack}_layer_types")
+            layers = getattr(self, f"num_{stack}_layers")
+            if not isinstance(types, tuple) or (types and len(types) != layers):
+                _fail(f"{stack}_layer_types", f"must be empty or a tuple of {layers} entries, got {types!r}",
+                      f"give one of {', '.join(LAYER_TYPES)} per {stack} layer")
+            unknown = [t for t in types if t not in LAYER_TYPES]
+            if unknown:
+                _fail(f"{stack}_layer_types", f"has {unknown[0]!r}", f"use {' or '.join(LAYER_TYPES)}")
+            if SLIDING in types and not self.sliding_window:
+                _fail("sliding_window", f"is 0 but {stack}_layer_types has sliding layers", "set the window size")
+
+    @property
+    def is_t5gemma(self) -> bool:
+        """Gemma 2 blocks (see FAMILIES)."""
+        return self.family == "t5gemma"
+
+    @property
+    def kv_heads(self) -> int:
+        """Key/value heads of this config's attention (num_heads without grouping)."""
+        return self.num_kv_heads or self.num_heads
+
+    def stack(self, name: str) -> ModelConfig:
+        """The config the `name` ("encoder" / "decoder") stack's layers are built with: the decoder's is this one;
+        the encoder's has the encoder_* sizes in d_model, d_ff, num_heads, num_kv_heads."""
+        overrides = (self.encoder_d_model, self.encoder_d_ff, self.encoder_num_heads, self.encoder_num_kv_heads)
+        if name == "decoder" or not any(overrides):
+            return self
+        return dataclasses.replace(
+            self, d_model=self.encoder_d_model or self.d_model, d_ff=self.encoder_d_ff or self.d_ff,
+            num_heads=self.encoder_num_heads or self.num_heads,
+            num_kv_heads=self.encoder_num_kv_heads or (0 if self.encoder_num_heads else self.num_kv_heads),
+            encoder_d_model=0, encoder_d_ff=0, encoder_num_heads=0, encoder_num_kv_heads=0,
+        )
+
+    def sliding_layers(self, name: str) -> tuple[bool, ...]:
+        """Per layer of stack `name`: whether it attends within `sliding_window` only."""
+        layers = getattr(self, f"num_{name}_layers")
+        types = getattr(self, f"{name}_layer_types")
+        if not types:
+            types = tuple(SLIDING if i % 2 == 0 and self.sliding_window else FULL for i in range(layers))
+        return tuple(t == SLIDING for t in types)
 
     @classmethod
     def from_preset(cls, name: str, **overrides: Any) -> ModelConfig:

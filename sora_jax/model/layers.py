@@ -21,16 +21,18 @@ def param_with_axes(init: nn.initializers.Initializer, axes: tuple[str, ...]) ->
 
 
 class RMSNorm(nn.Module):
-    """T5 layer norm: scale only, no bias and no mean subtraction; statistics in float32."""
+    """T5 layer norm: scale only, no bias and no mean subtraction; statistics in float32. T5Gemma stores the scale
+    as an offset from 1 (multiplies by 1 + w, w initialised to 0), as Gemma does."""
 
     config: ModelConfig
 
     @nn.compact
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         cfg = self.config
-        scale_D = self.param(
-            "scale", param_with_axes(nn.initializers.ones, ("embed",)), (x_BLD.shape[-1],), cfg.params_dtype
-        )
+        init = nn.initializers.zeros if cfg.is_t5gemma else nn.initializers.ones
+        scale_D = self.param("scale", param_with_axes(init, ("embed",)), (x_BLD.shape[-1],), cfg.params_dtype)
+        if cfg.is_t5gemma:
+            scale_D = 1.0 + jnp.asarray(scale_D, jnp.float32)
         # bfloat16 has too few mantissa bits for a stable mean of squares, so normalise in float32.
         x_f32 = x_BLD.astype(jnp.float32)
         variance_BL1 = jnp.mean(jnp.square(x_f32), axis=-1, keepdims=True)
@@ -40,23 +42,30 @@ class RMSNorm(nn.Module):
 
 
 class Embed(nn.Module):
-    """Token embedding shared by encoder and decoder; `attend` reuses the table as a tied LM head."""
+    """Token embedding (T5: shared by encoder and decoder; T5Gemma: one per stack); `attend` reuses the table as a
+    tied LM head. T5Gemma multiplies the looked-up rows by sqrt(width)."""
 
     config: ModelConfig
 
     def setup(self) -> None:
         cfg = self.config
+        # T5Gemma scales rows up by sqrt(D), so a D**-0.5 init gives unit-variance inputs as T5's 1.0 init does.
+        stddev = cfg.d_model**-0.5 if cfg.is_t5gemma else 1.0
         self.embedding = self.param(
             "embedding",
-            param_with_axes(nn.initializers.normal(stddev=1.0), ("vocab", "embed")),
+            param_with_axes(nn.initializers.normal(stddev=stddev), ("vocab", "embed")),
             (cfg.vocab_size, cfg.d_model),
             cfg.params_dtype,
         )
 
     def __call__(self, tokens_BL: jax.Array) -> jax.Array:
         """Looks up token ids [B, L] -> embeddings [B, L, D] in the compute dtype."""
-        table_VD = jnp.asarray(self.embedding, self.config.compute_dtype)
+        dtype = self.config.compute_dtype
+        table_VD = jnp.asarray(self.embedding, dtype)
         x_BLD = jnp.take(table_VD, tokens_BL.astype(jnp.int32), axis=0)
+        if self.config.is_t5gemma:
+            # The normaliser is rounded to the compute dtype first, as Gemma does (sqrt(2304) is 48 in bfloat16).
+            x_BLD = x_BLD * jnp.asarray(self.config.d_model**0.5, dtype)
         return nn.with_logical_constraint(x_BLD, ACT_BLD)
 
     def attend(self, y_BLD: jax.Array) -> jax.Array:
@@ -97,6 +106,26 @@ class MLP(nn.Module):
         h_BLF = nn.Dropout(cfg.dropout_rate)(h_BLF, deterministic=deterministic)
         y_BLD = dense(cfg.d_model, ("mlp", "embed"), cfg.d_ff**-0.5, "wo")(h_BLF)
         return nn.with_logical_constraint(y_BLD, ACT_BLD)
+
+
+def rope_sin_cos(positions_BL: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
+    """Rotary embedding angles of positions [B or 1, L] -> (sin, cos) [B or 1, L, head_dim // 2] in float32."""
+    inv_freq_K = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    angles_BLK = positions_BL.astype(jnp.float32)[..., None] * inv_freq_K
+    return jnp.sin(angles_BLK), jnp.cos(angles_BLK)
+
+
+def apply_rope(x_BLHK: jax.Array, sin_BLK: jax.Array, cos_BLK: jax.Array) -> jax.Array:
+    """Rotates the two halves of each head's features (the "rotate_half" layout of Gemma and Hugging Face)."""
+    half = x_BLHK.shape[-1] // 2
+    x1, x2 = x_BLHK[..., :half], x_BLHK[..., half:]
+    sin, cos = sin_BLK[:, :, None, :].astype(x_BLHK.dtype), cos_BLK[:, :, None, :].astype(x_BLHK.dtype)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+
+
+def soft_cap(x: jax.Array, cap: float) -> jax.Array:
+    """cap * tanh(x / cap): keeps logits within (-cap, cap) (Gemma 2); identity when cap is 0."""
+    return cap * jnp.tanh(x / cap) if cap else x
 
 
 def relative_position_bucket(

@@ -29,6 +29,15 @@ def causal_mask(q_positions_BL: jax.Array, k_positions_BS: jax.Array) -> jax.Arr
     return k_positions_BS[:, None, None, :] <= q_positions_BL[:, None, :, None]
 
 
+def window_mask(q_index_BL: jax.Array, k_index_BS: jax.Array, window: int, bidirectional: bool) -> jax.Array:
+    """Sliding-window attention: keys less than `window` indices before the query (and after it when
+    bidirectional, as T5Gemma's encoder does) -> [B or 1, 1, Lq, Lk]. Combine with the causal mask for a decoder."""
+    distance_BLS = q_index_BL[:, None, :, None] - k_index_BS[:, None, None, :]
+    if bidirectional:
+        distance_BLS = jnp.abs(distance_BLS)
+    return distance_BLS < window
+
+
 def combine_masks(*masks: jax.Array | None) -> jax.Array | None:
     """ANDs the masks that are not None (broadcasting); None when all are None."""
     present = [m for m in masks if m is not None]

@@ -12,6 +12,11 @@ Non-scanned parameter tree (names chosen to map 1:1 onto Hugging Face T5):
   decoder/... likewise, plus cross_attention_norm and cross_attention (HF layer.1), mlp at HF layer.2
   decoder/logits_dense/kernel (untied only)          <- lm_head
 With scan_layers the layers_N subtrees become one `layers` subtree whose leaves gain a leading "layers" axis.
+
+family="t5gemma" (Gemma 2 blocks; see ModelConfig) changes the tree as Hugging Face's T5Gemma needs it:
+  encoder/embed/embedding, decoder/embed/embedding (one table per stack, as wide as the stack), no relpos_bias,
+  and every sublayer's output normalised again: self_attention_post_norm, cross_attention_post_norm,
+  mlp_post_norm beside the pre-norms above. The encoder's layers may be wider than the decoder's (cfg.stack).
 """
 
 from __future__ import annotations
@@ -25,7 +30,35 @@ import jax.numpy as jnp
 from sora_jax.model import masks
 from sora_jax.model.attention import MultiHeadAttention
 from sora_jax.model.config import ModelConfig
-from sora_jax.model.layers import ACT_BLD, MLP, Embed, LMHead, RelativePositionBias, RMSNorm
+from sora_jax.model.layers import (
+    ACT_BLD,
+    MLP,
+    Embed,
+    LMHead,
+    RelativePositionBias,
+    RMSNorm,
+    rope_sin_cos,
+    soft_cap,
+)
+
+Masks = tuple[jax.Array | None, jax.Array | None]  # (every layer's mask, a sliding layer's mask or None)
+Rope = tuple[jax.Array, jax.Array] | None
+
+
+def _layer_mask(sliding: Any, masks_: Masks) -> jax.Array | None:
+    """The mask of one layer: `sliding` is None (no windows), a Python bool (unrolled layers) or a traced bool (the
+    scanned layer's row of the per-layer flags)."""
+    full, window = masks_
+    if sliding is None or sliding is False or window is None:
+        return full
+    if sliding is True:
+        return window
+    return jnp.where(sliding, window, full)
+
+
+def _sublayer(cfg: ModelConfig, name: str, h_BLD: jax.Array) -> jax.Array:
+    """T5Gemma normalises each sublayer's output before the residual add (Gemma 2's post-norms); T5 does not."""
+    return RMSNorm(cfg, name=f"{name}_post_norm")(h_BLD) if cfg.is_t5gemma else h_BLD
 
 
 class EncoderLayer(nn.Module):
@@ -35,18 +68,19 @@ class EncoderLayer(nn.Module):
     deterministic: bool = True
 
     @nn.compact
-    def __call__(self, x_BLD: jax.Array, mask_B1LL: jax.Array | None,
-                 bias_BHLL: jax.Array) -> tuple[jax.Array, None]:
+    def __call__(self, x_BLD: jax.Array, sliding: Any, masks_: Masks, bias_BHLL: jax.Array | None,
+                 rope: Rope) -> tuple[jax.Array, None]:
         """Returns (x, None): the (carry, output) pair nn.scan expects, also used unscanned for one shape."""
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         h_BLD = RMSNorm(cfg, name="self_attention_norm")(x_BLD)
         h_BLD = MultiHeadAttention(cfg, name="self_attention")(
-            h_BLD, h_BLD, mask_B1LS=mask_B1LL, bias_BHLS=bias_BHLL, deterministic=self.deterministic
+            h_BLD, h_BLD, mask_B1LS=_layer_mask(sliding, masks_), bias_BHLS=bias_BHLL, rope_sin_cos=rope,
+            deterministic=self.deterministic
         )
-        x_BLD = x_BLD + drop(h_BLD, deterministic=self.deterministic)
+        x_BLD = x_BLD + drop(_sublayer(cfg, "self_attention", h_BLD), deterministic=self.deterministic)
         h_BLD = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD), deterministic=self.deterministic)
-        x_BLD = x_BLD + drop(h_BLD, deterministic=self.deterministic)
+        x_BLD = x_BLD + drop(_sublayer(cfg, "mlp", h_BLD), deterministic=self.deterministic)
         return nn.with_logical_constraint(x_BLD, ACT_BLD), None
 
 
@@ -59,8 +93,8 @@ class DecoderLayer(nn.Module):
     cache_length: int | None = None
 
     @nn.compact
-    def __call__(self, x_BLD: jax.Array, encoded_BSD: jax.Array, self_mask_B1LL: jax.Array | None,
-                 self_bias_BHLL: jax.Array, cross_mask_B1LS: jax.Array | None,
+    def __call__(self, x_BLD: jax.Array, sliding: Any, encoded_BSD: jax.Array, self_masks: Masks,
+                 self_bias_BHLL: jax.Array | None, rope: Rope, cross_mask_B1LS: jax.Array | None,
                  decode_index: jax.Array | None) -> tuple[jax.Array, None]:
         """Returns (x, None) like EncoderLayer."""
         cfg = self.config
@@ -68,24 +102,27 @@ class DecoderLayer(nn.Module):
         drop = nn.Dropout(cfg.dropout_rate)
         h_BLD = RMSNorm(cfg, name="self_attention_norm")(x_BLD)
         h_BLD = MultiHeadAttention(cfg, name="self_attention")(
-            h_BLD, h_BLD, mask_B1LS=self_mask_B1LL, bias_BHLS=self_bias_BHLL, deterministic=det,
-            decode=self.decode, decode_index=decode_index, cache_length=self.cache_length,
+            h_BLD, h_BLD, mask_B1LS=_layer_mask(sliding, self_masks), bias_BHLS=self_bias_BHLL, rope_sin_cos=rope,
+            deterministic=det, decode=self.decode, decode_index=decode_index, cache_length=self.cache_length,
         )
-        x_BLD = x_BLD + drop(h_BLD, deterministic=det)
+        x_BLD = x_BLD + drop(_sublayer(cfg, "self_attention", h_BLD), deterministic=det)
         h_BLD = RMSNorm(cfg, name="cross_attention_norm")(x_BLD)
         h_BLD = MultiHeadAttention(cfg, is_cross_attention=True, name="cross_attention")(
             h_BLD, encoded_BSD, mask_B1LS=cross_mask_B1LS, deterministic=det, decode=self.decode
         )
-        x_BLD = x_BLD + drop(h_BLD, deterministic=det)
+        x_BLD = x_BLD + drop(_sublayer(cfg, "cross_attention", h_BLD), deterministic=det)
         h_BLD = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD), deterministic=det)
-        x_BLD = x_BLD + drop(h_BLD, deterministic=det)
+        x_BLD = x_BLD + drop(_sublayer(cfg, "mlp", h_BLD), deterministic=det)
         return nn.with_logical_constraint(x_BLD, ACT_BLD), None
 
 
-def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], num_layers: int, layer_attrs: dict[str, Any],
-                x_BLD: jax.Array, *args: Any) -> jax.Array:
-    """Applies num_layers copies of layer_cls, scanned (one traced body) or unrolled, with optional remat."""
+def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], sliding_layers: tuple[bool, ...],
+                layer_attrs: dict[str, Any], x_BLD: jax.Array, *args: Any) -> jax.Array:
+    """Applies one layer_cls per entry of sliding_layers (whether that layer attends within a window), scanned (one
+    traced body; a mixed pattern becomes a scanned flag) or unrolled, with optional remat."""
     cfg: ModelConfig = parent.config
+    num_layers = len(sliding_layers)
+    mixed = len(set(sliding_layers)) > 1
     cls = layer_cls
     if cfg.remat_policy != "none":
         # Under scan, CSE across iterations cannot happen, so prevent_cse would only block optimisations.
@@ -97,14 +134,15 @@ def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], num_layers: int, 
             # along axis 0 without knowing whether layers are scanned).
             variable_axes={"params": 0, "cache": 1},
             split_rngs={"params": True, "dropout": True},
-            in_axes=(nn.broadcast,) * len(args),
+            in_axes=(0 if mixed else nn.broadcast,) + (nn.broadcast,) * len(args),
             length=num_layers,
             metadata_params={nn.PARTITION_NAME: "layers"},
         )
-        x_BLD, _ = cls(cfg, **layer_attrs, parent=parent, name="layers")(x_BLD, *args)
+        sliding = jnp.asarray(sliding_layers) if mixed else sliding_layers[0]
+        x_BLD, _ = cls(cfg, **layer_attrs, parent=parent, name="layers")(x_BLD, sliding, *args)
         return x_BLD
     for i in range(num_layers):
-        x_BLD, _ = cls(cfg, **layer_attrs, parent=parent, name=f"layers_{i}")(x_BLD, *args)
+        x_BLD, _ = cls(cfg, **layer_attrs, parent=parent, name=f"layers_{i}")(x_BLD, sliding_layers[i], *args)
     return x_BLD
 
 
@@ -115,10 +153,12 @@ def _positions(tokens_BL: jax.Array, positions_BL: jax.Array | None) -> jax.Arra
 
 
 class EncoderStack(nn.Module):
-    """Embedding -> dropout -> layers (sharing one bidirectional position bias) -> final norm -> dropout."""
+    """Embedding -> dropout -> layers (sharing one bidirectional position bias, or RoPE) -> final norm -> dropout.
+
+    `embed` is the embedding shared with the decoder (T5); None creates the stack's own (T5Gemma)."""
 
     config: ModelConfig
-    embed: Embed
+    embed: Embed | None = None
 
     @nn.compact
     def __call__(self, tokens_BL: jax.Array, segment_ids_BL: jax.Array | None = None,
@@ -126,28 +166,38 @@ class EncoderStack(nn.Module):
         """Token ids [B, L] -> encoded [B, L, D] in the compute dtype."""
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
-        x_BLD = drop(self.embed(tokens_BL), deterministic=deterministic)
+        embed = self.embed if self.embed is not None else Embed(cfg, name="embed")
+        x_BLD = drop(embed(tokens_BL), deterministic=deterministic)
         positions_BL = _positions(tokens_BL, positions_BL)
-        relpos_bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")
-        bias_BHLL = relpos_bias(positions_BL, positions_BL)
         mask_B1LL = masks.key_padding_mask(tokens_BL, cfg.pad_id)
         if segment_ids_BL is not None:
             mask_B1LL = masks.combine_masks(mask_B1LL, masks.segment_mask(segment_ids_BL, segment_ids_BL))
-        x_BLD = _run_layers(self, EncoderLayer, cfg.num_encoder_layers, {"deterministic": deterministic},
-                            x_BLD, mask_B1LL, bias_BHLL)
+        sliding_layers = cfg.sliding_layers("encoder")
+        bias_BHLL = rope = window_B1LL = None
+        if cfg.is_t5gemma:
+            rope = rope_sin_cos(positions_BL, cfg.d_kv, cfg.rope_theta)
+            if any(sliding_layers):
+                index_1L = jnp.arange(tokens_BL.shape[1], dtype=jnp.int32)[None, :]
+                window_B1LL = masks.combine_masks(
+                    mask_B1LL, masks.window_mask(index_1L, index_1L, cfg.sliding_window, bidirectional=True))
+        else:
+            bias_BHLL = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(positions_BL, positions_BL)
+        x_BLD = _run_layers(self, EncoderLayer, sliding_layers, {"deterministic": deterministic},
+                            x_BLD, (mask_B1LL, window_B1LL), bias_BHLL, rope)
         x_BLD = RMSNorm(cfg, name="final_norm")(x_BLD)
         return nn.with_logical_constraint(drop(x_BLD, deterministic=deterministic), ACT_BLD)
 
 
 class DecoderStack(nn.Module):
-    """Embedding -> layers (sharing one causal position bias) -> final norm -> dropout -> float32 logits.
+    """Embedding -> layers (sharing one causal position bias, or RoPE) -> final norm -> dropout -> float32 logits
+    (soft-capped when final_logit_softcapping is set). `embed` as for EncoderStack.
 
     Decoding state: besides the per-layer attention caches, "cache/cache_index" (a scalar) counts the
     tokens already written; it is the query position of the next step.
     """
 
     config: ModelConfig
-    embed: Embed
+    embed: Embed | None = None
 
     def _self_cache_length(self) -> int:
         # The static cache size is the shape of the first layer's self-attention buffer, [..., S, H, K].
@@ -173,7 +223,8 @@ class DecoderStack(nn.Module):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         length = tokens_BL.shape[1]
-        x_BLD = drop(self.embed(tokens_BL), deterministic=deterministic)
+        embed = self.embed if self.embed is not None else Embed(cfg, name="embed")
+        x_BLD = drop(embed(tokens_BL), deterministic=deterministic)
 
         decode_index = None
         stepping = decode and self.has_variable("cache", "cache_index")
@@ -185,6 +236,7 @@ class DecoderStack(nn.Module):
             k_positions_1S = jnp.arange(self._self_cache_length(), dtype=jnp.int32)[None, :]
             index_var.value = decode_index + length
             self_mask_B1LL = masks.causal_mask(q_positions_1L, k_positions_1S)
+            q_index_1L, k_index_1S = q_positions_1L, k_positions_1S
             cache_length = None
         else:
             if decode:  # first decode call: create the cache, then run as a plain forward pass
@@ -195,15 +247,26 @@ class DecoderStack(nn.Module):
             # Causality by index within the row (not by position): with packing, the segment mask below
             # restricts it to each example.
             self_mask_B1LL = masks.causal_mask(index_1L, index_1L)
+            q_index_1L = k_index_1S = index_1L
             if segment_ids_BL is not None:
                 self_mask_B1LL = masks.combine_masks(
                     self_mask_B1LL, masks.segment_mask(segment_ids_BL, segment_ids_BL)
                 )
         # T5 masks no decoder padding: inputs are right-padded, so causality already keeps real queries off
         # pad keys (and pad_id usually equals decoder_start_id, which must stay visible).
-        bias_BHLL = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(
-            q_positions_1L, k_positions_1S
-        )
+        sliding_layers = cfg.sliding_layers("decoder")
+        bias_BHLL = rope = None
+        window_B1LL = None
+        if any(sliding_layers):
+            window_B1LL = masks.combine_masks(
+                self_mask_B1LL, masks.window_mask(q_index_1L, k_index_1S, cfg.sliding_window, bidirectional=False))
+        if cfg.is_t5gemma:
+            # Keys are cached already rotated, so a step only rotates its own queries and keys.
+            rope = rope_sin_cos(q_positions_1L, cfg.d_kv, cfg.rope_theta)
+        else:
+            bias_BHLL = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(
+                q_positions_1L, k_positions_1S
+            )
 
         cross_mask_B1LS = masks.key_padding_mask(encoder_tokens_BS, cfg.pad_id)
         if segment_ids_BL is not None and encoder_segment_ids_BS is not None and not stepping:
@@ -212,18 +275,22 @@ class DecoderStack(nn.Module):
             )
 
         attrs = {"deterministic": deterministic, "decode": decode, "cache_length": cache_length}
-        x_BLD = _run_layers(self, DecoderLayer, cfg.num_decoder_layers, attrs, x_BLD, encoded_BSD,
-                            self_mask_B1LL, bias_BHLL, cross_mask_B1LS, decode_index)
+        x_BLD = _run_layers(self, DecoderLayer, sliding_layers, attrs, x_BLD, encoded_BSD,
+                            (self_mask_B1LL, window_B1LL), bias_BHLL, rope, cross_mask_B1LS, decode_index)
         y_BLD = drop(RMSNorm(cfg, name="final_norm")(x_BLD), deterministic=deterministic)
         y_BLD = nn.with_logical_constraint(y_BLD, ACT_BLD)
-        if cfg.tie_word_embeddings:
-            # The tied head rescales because the embedding table is initialised with unit variance.
-            return self.embed.attend(y_BLD * cfg.d_model**-0.5)
-        return LMHead(cfg, name="logits_dense")(y_BLD)
+        if not cfg.tie_word_embeddings:
+            logits_BLV = LMHead(cfg, name="logits_dense")(y_BLD)
+        elif cfg.is_t5gemma:
+            logits_BLV = embed.attend(y_BLD)
+        else:
+            # The tied T5 head rescales because the embedding table is initialised with unit variance.
+            logits_BLV = embed.attend(y_BLD * cfg.d_model**-0.5)
+        return soft_cap(logits_BLV, cfg.final_logit_softcapping)
 
 
 class EncoderDecoder(nn.Module):
-    """T5-style encoder-decoder returning float32 logits [B, L, V].
+    """T5 or T5Gemma encoder-decoder returning float32 logits [B, L, V].
 
     Greedy/beam decoding, with `params`, `model = EncoderDecoder(cfg)`:
       encoded = model.apply({"params": params}, enc_tokens, method=model.encode)
@@ -241,9 +308,14 @@ class EncoderDecoder(nn.Module):
     config: ModelConfig
 
     def setup(self) -> None:
-        self.shared = Embed(self.config)
-        self.encoder = EncoderStack(self.config, embed=self.shared)
-        self.decoder = DecoderStack(self.config, embed=self.shared)
+        cfg = self.config
+        if cfg.is_t5gemma:  # one embedding per stack, each as wide as its stack
+            self.encoder = EncoderStack(cfg.stack("encoder"))
+            self.decoder = DecoderStack(cfg)
+            return
+        self.shared = Embed(cfg)
+        self.encoder = EncoderStack(cfg, embed=self.shared)
+        self.decoder = DecoderStack(cfg, embed=self.shared)
 
     def encode(self, encoder_input_tokens: jax.Array, *, encoder_segment_ids: jax.Array | None = None,
                encoder_positions: jax.Array | None = None, enable_dropout: bool = False) -> jax.Array:

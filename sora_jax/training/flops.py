@@ -54,7 +54,9 @@ def train_step_flops(cfg: ModelConfig, batch_size: int, input_length: int, targe
     """FLOPs of one train step on a global batch of `batch_size` rows of `input_length` + `target_length`.
 
     With gradient accumulation the step runs grad_accum_steps microbatches of batch_size / grad_accum_steps
-    rows: the same FLOPs in total, `per_microbatch` for each.
+    rows: the same FLOPs in total, `per_microbatch` for each. T5Gemma's grouped key/value heads, head_dim and
+    an encoder wider than the decoder are counted as built; sliding windows are not discounted (the attention
+    computes every score and masks those outside the window).
     """
     for name, value in (("batch_size", batch_size), ("input_length", input_length),
                         ("target_length", target_length), ("grad_accum_steps", grad_accum_steps)):
@@ -64,19 +66,24 @@ def train_step_flops(cfg: ModelConfig, batch_size: int, input_length: int, targe
         raise SoraError(f"train_step_flops: batch_size={batch_size} is not divisible by grad_accum_steps="
                         f"{grad_accum_steps}; pass the global batch and a divisor of it.")
     B, S, T = batch_size, input_length, target_length
-    inner = cfg.num_heads * cfg.d_kv  # H * K: the width of the projected heads.
-    attn_proj = cfg.d_model * inner  # one of q, k, v, o
-    enc_layer = 4 * attn_proj + _mlp_params(cfg)
-    dec_layer = 4 * attn_proj + 2 * attn_proj + _mlp_params(cfg)  # self q/k/v/o, cross q/o, MLP
+    enc = cfg.stack("encoder")
+    # q and o project to all heads, k and v to the key/value heads (fewer under grouped-query attention).
+    enc_q = enc.d_model * enc.num_heads * enc.d_kv
+    enc_kv = enc.d_model * enc.kv_heads * enc.d_kv
+    dec_q = cfg.d_model * cfg.num_heads * cfg.d_kv
+    dec_kv = cfg.d_model * cfg.kv_heads * cfg.d_kv
+    cross_kv = enc.d_model * cfg.kv_heads * cfg.d_kv  # decoder heads reading the encoder's width
+    enc_layer = 2 * enc_q + 2 * enc_kv + _mlp_params(enc)
+    dec_layer = 2 * dec_q + 2 * dec_kv + 2 * dec_q + _mlp_params(cfg)  # self q/k/v/o, cross q/o, MLP
     enc_tokens, dec_tokens = B * S, B * T
-    # q.k^T and probs.v: 2 matmuls of 2*L_q*L_k*H*K each.
-    enc_scores = 4 * B * S * S * inner
-    dec_scores = 4 * B * T * T * inner // 2  # causal: half the score matrix is masked
-    cross_scores = 4 * B * T * S * inner
+    # q.k^T and probs.v: 2 matmuls of 2*L_q*L_k*H*K each (every query head, grouped or not).
+    enc_scores = 4 * B * S * S * enc.num_heads * enc.d_kv
+    dec_scores = 4 * B * T * T * cfg.num_heads * cfg.d_kv // 2  # causal: half the score matrix is masked
+    cross_scores = 4 * B * T * S * cfg.num_heads * cfg.d_kv
     return StepFlops(
         encoder_weights=float(2 * enc_tokens * enc_layer * cfg.num_encoder_layers),
         decoder_weights=float(2 * dec_tokens * dec_layer * cfg.num_decoder_layers),
-        cross_kv=float(2 * enc_tokens * 2 * attn_proj * cfg.num_decoder_layers),
+        cross_kv=float(2 * enc_tokens * 2 * cross_kv * cfg.num_decoder_layers),
         lm_head=float(2 * dec_tokens * cfg.d_model * cfg.vocab_size),
         attention=float(enc_scores * cfg.num_encoder_layers + (dec_scores + cross_scores) * cfg.num_decoder_layers),
         grad_accum_steps=grad_accum_steps,

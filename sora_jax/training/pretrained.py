@@ -1,6 +1,7 @@
 """Starting a run from pretrained params: `config.init_from`.
 
-- `hf:/path/to/dir`: a Hugging Face T5 checkpoint (config.json, model.safetensors, spiece.model).
+- `hf:/path/to/dir`: a Hugging Face T5 or T5Gemma checkpoint (config.json, model.safetensors, spiece.model or
+  tokenizer.model).
 - `workdir:DIR[@STEP|@best]`: another Sora run (a pretraining run, say), its newest checkpoint by default.
 
 The architecture and tokenizer come from the source; optimizer, data and schedule are the run's own. Settings
@@ -20,11 +21,10 @@ import ml_collections
 
 from sora_jax import config as config_lib
 from sora_jax.compression import lora, providers
-from sora_jax.data.tokenizer import Tokenizer
 from sora_jax.errors import SoraError
 from sora_jax.interop import load_hf_t5
-from sora_jax.interop.hf_t5 import hf_extra_ids
-from sora_jax.interop.hf_t5_config import config_from_hf
+from sora_jax.interop.formats import config_from_hf
+from sora_jax.interop.hf_t5 import checkpoint_tokenizer
 from sora_jax.model import EncoderDecoder, ModelConfig
 from sora_jax.model import params as params_lib
 from sora_jax.training.state import TrainingSetup
@@ -91,13 +91,9 @@ def apply_pretrained_architecture(config: ml_collections.ConfigDict) -> None:
         if config.model[name] is None:
             config.model[name] = getattr(pretrained, name)
     if not config.tokenizer.model_path:
-        spiece = directory / "spiece.model"
-        if not spiece.is_file():
-            raise SoraError(f"{directory} has no spiece.model; set config.tokenizer.model_path to the checkpoint's "
-                            "sentencepiece model.")
-        config.tokenizer.model_path = str(spiece)
-        pieces = Tokenizer.load(spiece, extra_ids=0).num_pieces
-        config.tokenizer.extra_ids = hf_extra_ids(pieces, config.model.vocab_size)
+        file, extra_ids = checkpoint_tokenizer(directory, pretrained)
+        config.tokenizer.model_path = str(file)
+        config.tokenizer.extra_ids = extra_ids
 
 
 @dataclasses.dataclass(frozen=True)
@@ -124,11 +120,8 @@ def describe_source(spec: str, model_cfg: ml_collections.ConfigDict, what: str =
     config_file = directory / "config.json"
     model_config = config_from_hf(json.loads(config_file.read_text()), config_file, dtype=model_cfg.dtype,
                                   param_dtype=model_cfg.param_dtype, scan_layers=model_cfg.scan_layers)
-    spiece = directory / "spiece.model"
-    if not spiece.is_file():
-        raise SoraError(f"{what}: {directory} has no spiece.model (the checkpoint's sentencepiece model).")
-    pieces = Tokenizer.load(spiece, extra_ids=0).num_pieces
-    return Source(model_config, str(spiece), hf_extra_ids(pieces, model_config.vocab_size))
+    file, extra_ids = checkpoint_tokenizer(directory, model_config)
+    return Source(model_config, str(file), extra_ids)
 
 
 def check_source(init_from: str) -> None:

@@ -1,0 +1,339 @@
+"""T5Gemma (ModelConfig.family="t5gemma"): Sora against golden outputs of transformers' T5GemmaForConditionalGeneration,
+decoding with the KV cache, export round trips, `init_from=hf:` and bad checkpoints.
+
+The fixtures in tests/fixtures/hf_t5gemma/ were written by tools/make_hf_t5gemma_fixtures.py (transformers 4.57 as
+the oracle; the tool also loads Sora's exports back into transformers); these tests need neither torch nor
+transformers.
+"""
+
+from __future__ import annotations
+
+import functools
+import json
+import shutil
+from pathlib import Path
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+import pytest
+from flax import linen as nn
+from flax import traverse_util
+from safetensors import safe_open
+
+from sora_jax import config as config_lib
+from sora_jax.decoding.search import beam_search, greedy_decode, sample_decode
+from sora_jax.errors import SoraError
+from sora_jax.interop import load_hf_t5, save_hf_t5
+from sora_jax.interop.hf_t5 import checkpoint_tokenizer
+from sora_jax.model import EncoderDecoder, ModelConfig, shift_right
+from sora_jax.training import pretrained
+
+FIXTURES = Path(__file__).parent / "fixtures" / "hf_t5gemma"
+VARIANTS = ("gqa_window_softcap", "mha_untied")
+TOLERANCE = 1e-4  # max |sora - hf| / max |hf|
+FAST_COMPILE = {"xla_backend_optimization_level": 0}
+
+
+@functools.cache
+def expected(variant: str) -> dict[str, np.ndarray]:
+    with np.load(FIXTURES / variant / "expected.npz") as data:
+        return dict(data)
+
+
+@functools.cache
+def imported(variant: str, scan_layers: bool = False):
+    return load_hf_t5(FIXTURES / variant, scan_layers=scan_layers)
+
+
+@functools.cache
+def forward(cfg: ModelConfig):
+    model = EncoderDecoder(cfg)
+    return jax.jit(lambda p, enc, dec: model.apply({"params": p}, enc, dec), compiler_options=FAST_COMPILE)
+
+
+def rel_diff(logits: np.ndarray, ref: dict[str, np.ndarray]) -> float:
+    valid = ref["decoder_attention_mask"].astype(bool)  # transformers masks decoder padding; Sora needs not
+    return float(np.abs(logits - ref["logits"])[valid].max() / np.abs(ref["logits"])[valid].max())
+
+
+def flat(tree) -> dict[tuple[str, ...], np.ndarray]:
+    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+@pytest.fixture
+def no_device_put(monkeypatch):
+    """Fails the test if anything is placed on a device (errors must come before placement)."""
+    monkeypatch.setattr(jax, "device_put", lambda *a, **k: pytest.fail("device_put called"))
+
+
+def broken_copy(tmp_path: Path, variant: str = "gqa_window_softcap", **edits) -> Path:
+    """A copy of a fixture whose config.json has `edits` applied (dotted keys reach into encoder / decoder)."""
+    out = tmp_path / variant
+    shutil.copytree(FIXTURES / variant, out)
+    config = json.loads((out / "config.json").read_text())
+    for key, value in edits.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+# ---------------------------------------------------------------- parity with transformers
+
+
+def test_fixtures_cover_every_feature():
+    a, _, _ = imported("gqa_window_softcap")
+    b, _, _ = imported("mha_untied")
+    assert a.stack("encoder").d_model != a.d_model and a.num_encoder_layers != a.num_decoder_layers
+    assert a.stack("encoder").kv_heads < a.stack("encoder").num_heads and a.kv_heads == 1  # GQA and MQA
+    assert a.attn_logit_softcapping and a.final_logit_softcapping and a.tie_word_embeddings
+    assert a.query_pre_attn_scalar != a.d_kv and a.decoder_start_id == 2
+    assert not b.attn_logit_softcapping and not b.tie_word_embeddings and b.kv_heads == b.num_heads
+    for cfg in (a, b):  # sliding and global layers in both stacks, windows shorter than the inputs
+        for stack in ("encoder", "decoder"):
+            assert set(cfg.sliding_layers(stack)) == {True, False}
+        assert cfg.sliding_window < expected("mha_untied")["input_ids"].shape[1]
+    assert (FIXTURES / "gqa_window_softcap" / "model.safetensors.index.json").is_file()  # sharded
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_logits_match_transformers(variant, scan):
+    cfg, params, _ = imported(variant, scan)
+    ref = expected(variant)
+    logits = np.asarray(forward(cfg)(params, ref["input_ids"], ref["decoder_input_ids"]))
+    diff = rel_diff(logits, ref)
+    assert diff <= TOLERANCE, f"{variant}: max relative |sora - hf| = {diff}"
+
+
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_params_tree_matches_model_init(variant):
+    for scan in (False, True):
+        cfg, params, _ = imported(variant, scan)
+        tokens = jnp.ones((1, 4), jnp.int32)
+        abstract = nn.unbox(jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), tokens, tokens)["params"])
+        assert jax.tree.map(lambda x: (x.shape, x.dtype), params) == jax.tree.map(lambda x: (x.shape, x.dtype),
+                                                                                   abstract)
+
+
+# ---------------------------------------------------------------- decoding with the KV cache
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_greedy_decode_matches_generate(variant, scan):
+    cfg, params, _ = imported(variant, scan)
+    ref = expected(variant)
+    hf = ref["generated"]
+    assert (hf[:, 0] == cfg.decoder_start_id).all() and (hf[:, 1:] == cfg.eos_id).any()
+    max_length = int(ref["max_new_tokens"])
+    assert max_length > cfg.sliding_window + 1  # the cache outgrows the window
+    decode = jax.jit(functools.partial(greedy_decode, model=EncoderDecoder(cfg), max_length=max_length),
+                     compiler_options=FAST_COMPILE)
+    tokens = np.asarray(decode(params, jnp.asarray(ref["input_ids"])))
+    np.testing.assert_array_equal(tokens[:, : hf.shape[1] - 1], hf[:, 1:])
+    assert (tokens[:, hf.shape[1] - 1:] == cfg.pad_id).all()
+
+
+def test_cached_steps_equal_the_full_forward_pass():
+    cfg, params, _ = imported("gqa_window_softcap")
+    ref = expected("gqa_window_softcap")
+    model = EncoderDecoder(cfg)
+    enc = jnp.asarray(ref["input_ids"])
+    targets = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size, (3, 9)))
+    decoder_inputs = shift_right(targets, cfg.decoder_start_id)
+    full = forward(cfg)(params, enc, decoder_inputs)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def start(enc, first):
+        encoded = model.apply({"params": params}, enc, method=model.encode)
+        _, variables = model.apply({"params": params}, encoded, enc, first, decode=True, max_decode_length=9,
+                                   method=model.decode, mutable=["cache"])
+        return encoded, variables
+
+    encoded, variables = start(enc, decoder_inputs[:, :1])
+    step = jax.jit(lambda cache, tokens: model.apply({"params": params, "cache": cache}, encoded, enc, tokens,
+                                                     decode=True, method=model.decode, mutable=["cache"]),
+                   compiler_options=FAST_COMPILE)
+    cache, steps = variables["cache"], []
+    for i in range(9):
+        logits, variables = step(cache, decoder_inputs[:, i:i + 1])
+        cache = variables["cache"]
+        steps.append(logits[:, 0])
+    np.testing.assert_allclose(np.stack(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+
+
+def test_beam_search_and_sampling():
+    cfg, params, _ = imported("gqa_window_softcap")
+    model = EncoderDecoder(cfg)
+    enc = jnp.asarray(expected("gqa_window_softcap")["input_ids"])
+    def jitted(fn, **kwargs):
+        return jax.jit(functools.partial(fn, model=model, max_length=6, **kwargs), compiler_options=FAST_COMPILE)
+
+    greedy = jitted(greedy_decode)(params, enc)
+    one, _ = jitted(beam_search, beam_size=1, alpha=0.0)(params, enc)
+    np.testing.assert_array_equal(one[:, 0], greedy)
+    beams, scores = jitted(beam_search, beam_size=3, alpha=0.0)(params, enc)
+
+    def log_prob(tokens_BL):  # teacher-forced total log-probability up to and including EOS
+        logp = jax.nn.log_softmax(forward(cfg)(params, enc, shift_right(tokens_BL, cfg.decoder_start_id)))
+        picked = jnp.take_along_axis(logp, tokens_BL[..., None], axis=-1)[..., 0]
+        ended = jnp.cumsum(tokens_BL == cfg.eos_id, axis=1) - (tokens_BL == cfg.eos_id)
+        return jnp.sum(jnp.where(ended == 0, picked, 0.0), axis=1)
+
+    np.testing.assert_allclose(scores[:, 0], log_prob(beams[:, 0]), rtol=1e-4, atol=1e-4)
+    assert (scores[:, 0] >= log_prob(greedy) - 1e-5).all()
+    sampled = jitted(sample_decode, top_k=1)(params, enc, jax.random.key(0))
+    np.testing.assert_array_equal(sampled, greedy)
+
+
+# ---------------------------------------------------------------- export round trips
+
+
+@pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_export_round_trip(variant, scan, tmp_path):
+    cfg, params, tokenizer = imported(variant, scan)
+    save_hf_t5(tmp_path, cfg, params, tokenizer)
+    cfg2, params2, tokenizer2 = load_hf_t5(tmp_path, scan_layers=scan)
+    assert cfg2 == cfg
+    a, b = flat(params), flat(params2)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert (tokenizer2 is None) == (tokenizer is None)
+    original = {}
+    for file in (FIXTURES / variant).glob("*.safetensors"):
+        with safe_open(file, framework="numpy") as f:
+            original.update({k: f.get_tensor(k) for k in f.keys()})  # noqa: SIM118
+    with safe_open(tmp_path / "model.safetensors", framework="numpy") as f:
+        exported = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118
+    assert original.keys() == exported.keys()  # exactly the tensors transformers itself saves
+    assert all(np.array_equal(original[k], exported[k]) for k in original)
+    written = json.loads((tmp_path / "config.json").read_text())
+    assert written["model_type"] == "t5gemma" and written["architectures"] == ["T5GemmaForConditionalGeneration"]
+
+
+# ---------------------------------------------------------------- init_from=hf: and training
+
+
+def test_init_from_takes_architecture_and_gemma_tokenizer():
+    config = config_lib.base_config()
+    directory = FIXTURES / "gqa_window_softcap"
+    config.init_from = f"hf:{directory}"
+    pretrained.apply_pretrained_architecture(config)
+    assert config.tokenizer.model_path == str(directory / "tokenizer.model") and config.tokenizer.extra_ids == 0
+    resolved = config_lib.resolve_model_config(config.model, vocab_size := imported("gqa_window_softcap")[0].vocab_size)
+    assert resolved == imported("gqa_window_softcap")[0] and resolved.vocab_size == vocab_size
+
+
+def test_a_tiny_t5gemma_learns():
+    # Scanned and rematerialised: the per-layer sliding flag is a scanned input here.
+    cfg = ModelConfig.from_preset("t5gemma_tiny", vocab_size=64, d_model=32, d_ff=64, encoder_d_model=48,
+                                  encoder_d_ff=96, d_kv=8, query_pre_attn_scalar=8.0, sliding_window=4,
+                                  scan_layers=True, remat_policy="full")
+    model = EncoderDecoder(cfg)
+    rng = np.random.default_rng(0)
+    enc = jnp.asarray(rng.integers(4, 64, (8, 24)))
+    targets = enc[:, :6]  # copy the first tokens: learnable in a few dozen steps
+    params = nn.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(jax.random.key(0), enc, targets)["params"])
+    optimizer = optax.adam(3e-3)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, enc, shift_right(targets, cfg.decoder_start_id))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def step(p, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    opt_state, losses = optimizer.init(params), []
+    for _ in range(40):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
+
+
+# ---------------------------------------------------------------- bad input: one line, before any placement
+
+
+@pytest.mark.parametrize("edits, match", [
+    ({"model_type": "gemma2"}, r"model_type is 'gemma2'; Sora imports T5-family and T5Gemma"),
+    ({"encoder__rope_scaling": {"rope_type": "yarn", "factor": 4.0}}, r"encoder\.rope_scaling has type 'yarn'"),
+    ({"decoder__layer_types": ["sliding_attention", "chunked_attention"]},
+     r"decoder\.layer_types has 'chunked_attention'"),
+    ({"decoder__hidden_activation": "relu"}, r"decoder\.hidden_activation is 'relu'"),
+    ({"decoder__head_dim": 4}, r"decoder\.head_dim is 4 but encoder\.head_dim is 8"),
+    ({"encoder__hidden_size": 28}, r"tensor model\.encoder\.embed_tokens\.weight has shape \[96, 24\] but .* implies "
+                                   r"\[96, 28\]"),
+    ({"encoder__num_hidden_layers": 2, "encoder__layer_types": ["sliding_attention", "full_attention"]},
+     r"unexpected tensor model\.encoder\.layers\.2\."),
+    ({"attention_dropout": 0.1}, r"attention_dropout is 0\.1"),
+])
+def test_bad_checkpoints_fail_with_one_line(tmp_path, no_device_put, edits, match):
+    directory = broken_copy(tmp_path, **edits)
+    with pytest.raises(SoraError, match=match) as error:
+        load_hf_t5(directory)
+    assert "\n" not in str(error.value)
+
+
+def test_missing_tokenizer(tmp_path, no_device_put):
+    cfg, _, tokenizer = imported("mha_untied")
+    assert tokenizer is None  # the loader returns none; a run that needs one is refused
+    with pytest.raises(SoraError, match=r"has no tokenizer\.model"):
+        checkpoint_tokenizer(FIXTURES / "mha_untied", cfg)
+    config = config_lib.base_config()
+    config.init_from = f"hf:{FIXTURES / 'mha_untied'}"
+    with pytest.raises(SoraError, match=r"has no tokenizer\.model"):
+        pretrained.apply_pretrained_architecture(config)
+
+
+@pytest.mark.parametrize("fields, match", [
+    (dict(num_kv_heads=3), r"ModelConfig\.num_kv_heads \(3\) must divide the encoder's num_heads \(4\)"),
+    (dict(decoder_layer_types=("full_attention",)), r"decoder_layer_types must be empty or a tuple of 2"),
+    (dict(encoder_layer_types=("full_attention", "local")), r"encoder_layer_types has 'local'"),
+    (dict(sliding_window=0), r"sliding_window is 0 but encoder_layer_types has sliding"),
+    (dict(family="t5", num_kv_heads=2), r"num_kv_heads is set but family is \"t5\""),
+])
+def test_config_validation(fields, match):
+    base = dict(vocab_size=64, encoder_layer_types=("sliding_attention", "full_attention"))
+    with pytest.raises(SoraError, match=match):
+        ModelConfig.from_preset("t5gemma_tiny", **{**base, **fields})
+
+
+def test_flops_count_every_kernel_each_token_passes():
+    from sora_jax.training.flops import train_step_flops
+
+    cfg = ModelConfig.from_preset("t5gemma_tiny", vocab_size=64)  # wider encoder, grouped key/value heads
+    tokens = jnp.ones((1, 4), jnp.int32)
+    shapes = traverse_util.flatten_dict(nn.unbox(jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0),
+                                                                tokens, tokens)["params"]))
+    kernels = {path: int(np.prod(x.shape)) for path, x in shapes.items() if path[-1] == "kernel"}
+    cross_kv = sum(n for p, n in kernels.items() if "cross_attention" in p and p[-2] in ("k", "v"))
+    encoder = sum(n for p, n in kernels.items() if p[0] == "encoder")
+    decoder = sum(n for p, n in kernels.items() if p[0] == "decoder" and p[1] != "logits_dense") - cross_kv
+    flops = train_step_flops(cfg, batch_size=2, input_length=8, target_length=4)
+    assert flops.encoder_weights == 2 * (2 * 8) * encoder
+    assert flops.decoder_weights == 2 * (2 * 4) * decoder
+    assert flops.cross_kv == 2 * (2 * 8) * cross_kv
+
+
+@pytest.mark.parametrize("name, params", [("t5gemma_s_s", 312_517_632), ("t5gemma_b_b", 591_490_560)])
+def test_presets_have_the_published_parameter_counts(name, params):
+    cfg = ModelConfig.from_preset(name, scan_layers=True)  # counts published with KerasHub's T5Gemma presets
+    tokens = jnp.ones((1, 4), jnp.int32)
+    shapes = jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), tokens, tokens)["params"]
+    assert sum(int(np.prod(x.shape)) for x in jax.tree.leaves(nn.unbox(shapes))) == params
+
+
+def test_unbalanced_preset():
+    cfg = ModelConfig.from_preset("t5gemma_9b_2b")
+    enc = cfg.stack("encoder")
+    assert (enc.d_model, enc.d_ff, enc.num_heads, enc.kv_heads, cfg.num_encoder_layers) == (3584, 14336, 16, 8, 42)
+    assert (cfg.d_model, cfg.d_ff, cfg.num_heads, cfg.kv_heads, cfg.num_decoder_layers) == (2304, 9216, 8, 4, 26)
+    assert cfg.sliding_layers("decoder")[:2] == (True, False) and cfg.decoder_start_id == 2
