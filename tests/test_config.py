@@ -20,6 +20,8 @@ from sora_jax.config import (
 from sora_jax.errors import SoraError
 
 CONFIGS = sorted((Path(__file__).resolve().parents[1] / "configs").glob("*.py"))
+T5GEMMA_DIR = Path(__file__).resolve().parent / "fixtures" / "hf_t5gemma" / "mha_untied"
+CONFIG_ARGUMENTS = {"t5gemma_finetune.py": f"{T5GEMMA_DIR},lora+mixture", "t5gemma_pretrain.py": str(T5GEMMA_DIR)}
 
 
 def test_overrides_parse_each_type():
@@ -249,7 +251,9 @@ def test_unknown_key_without_a_close_match_says_where_keys_are_listed():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=[p.name for p in CONFIGS])
 def test_every_config_file_loads_and_validates(path):
-    config = load_config_file(str(path))
+    # Configs that start from a checkpoint directory take it as their argument.
+    argument = CONFIG_ARGUMENTS.get(path.name, "")
+    config = load_config_file(f"{path}:{argument}" if argument else str(path))
     validate(config)
     assert config.num_train_steps > 0 and config.data.task
     assert set(config.to_dict()) == set(base_config().to_dict())
