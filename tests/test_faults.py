@@ -1,0 +1,134 @@
+"""Faults found by trying Sora from outside (issue #20): a store that rejects a checkpoint write, checkpoints that
+cannot be read for a storage reason (kept) or because they are damaged (moved aside), misspelled flags, and grain
+worker processes left behind by a killed trainer."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+# ---------------------------------------------------------------- misspelled flags
+
+
+def _train_flags(argv):
+    from sora_jax.cli import train
+
+    return train.parse_args(argv)
+
+
+def _eval_flags(argv):
+    from sora_jax.cli import eval as eval_cli
+
+    return eval_cli.parse_args(argv)
+
+
+def _predict_flags(argv):
+    from sora_jax.cli import predict
+
+    return predict.parse_args(argv)
+
+
+def _export_flags(argv):
+    from sora_jax.cli import export
+
+    return export.main(argv)
+
+
+@pytest.mark.parametrize("parse, argv, line", [
+    (_train_flags, ["--wrkdir=x"], "error: unknown flag --wrkdir. Did you mean --workdir?"),
+    (_train_flags, ["--config=c.py", "--dryrun"], "error: unknown flag --dryrun. Did you mean --dry_run?"),
+    (_eval_flags, ["--workdir=x", "--spilt", "test"], "error: unknown flag --spilt. Did you mean --split?"),
+    (_predict_flags, ["--workdir=x", "--beamsize=3"], "error: unknown flag --beamsize. Did you mean --beam_size?"),
+    (_export_flags, ["--workdir=x", "--out=y", "--overwirte"],
+     "error: unknown flag --overwirte. Did you mean --overwrite?"),
+    (_train_flags, ["--zzzzzzzz=1"], "error: unknown flag --zzzzzzzz. See train.py --help."),
+    (_eval_flags, ["--workdir=x", "stray"], "error: unexpected argument 'stray': sora-eval takes only flags (see "
+                                            "sora-eval --help)."),
+])
+def test_an_unknown_flag_is_one_line_naming_the_closest_flag(parse, argv, line, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        parse(argv)
+    assert exit_info.value.code == 2
+    captured = capsys.readouterr()
+    assert captured.err.splitlines() == [line] and not captured.out
+
+
+def test_known_flags_and_config_overrides_still_parse():
+    args, overrides = _train_flags(["--workdir=w", "--dry_run", "--config.num_train_steps=3"])
+    assert args.workdir == "w" and args.dry_run and overrides == {"num_train_steps": "3"}
+
+
+# ---------------------------------------------------------------- grain workers of a killed trainer
+
+# The workers of Sora's training pipeline (pipeline.batched with num_workers=2), pulled once so they exist, then
+# left waiting to hand over their next batches, as in a trainer that is busy on the device.
+_WORKERS_SCRIPT = """
+import sys, time
+import grain, numpy as np
+from sora_jax.data import pipeline
+example = {"inputs": np.array([5, 6, 7], np.int32), "targets": np.array([8, 9], np.int32)}
+examples = grain.MapDataset.source([example] * 64).repeat().to_iter_dataset()
+it = iter(pipeline.batched(examples, batch_size=4, max_input_length=8, max_target_length=4, pack=False,
+                           num_packing_bins=1, seed=0, num_workers=2))
+next(it)
+print("ready", flush=True)
+time.sleep(600)
+"""
+
+
+def _children(pid: int) -> set[int]:
+    """Live (not zombie) processes whose parent is `pid`."""
+    found = set()
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[1]) == pid and fields[0] != "Z":
+                found.add(int(entry.name))
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return False
+    return fields[0] != "Z"
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="reads /proc")
+def test_grain_workers_exit_when_the_trainer_is_killed():
+    # A subprocess: the trainer must be SIGKILLed (as a preempted host is), which pytest's own process cannot be.
+    trainer = subprocess.Popen([sys.executable, "-c", _WORKERS_SCRIPT], cwd=REPO, stdout=subprocess.PIPE,
+                               stderr=subprocess.DEVNULL, text=True)
+    workers: set[int] = set()
+    try:
+        assert trainer.stdout.readline().strip() == "ready"
+        deadline = time.monotonic() + 30
+        while len(workers) < 2 and time.monotonic() < deadline:
+            workers = {pid for pid in _children(trainer.pid)
+                       if b"multiprocessing" in Path(f"/proc/{pid}/cmdline").read_bytes()
+                       and b"resource_tracker" not in Path(f"/proc/{pid}/cmdline").read_bytes()}
+            time.sleep(0.1)
+        assert len(workers) == 2, workers
+    finally:
+        trainer.send_signal(signal.SIGKILL)
+        trainer.wait(timeout=30)
+    deadline = time.monotonic() + 10
+    while any(map(_alive, workers)) and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [pid for pid in workers if _alive(pid)]
+    for pid in left:  # Do not leave them behind when the test fails.
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"grain workers {left} outlived their trainer"
