@@ -1,10 +1,10 @@
 """Checkpoints (orbax): the train state plus each process's data-iterator state, saved asynchronously.
 
 A restore is always made against the current run's abstract state (shapes, dtypes, target shardings), so any
-mesh can read any checkpoint. An unreadable newest checkpoint is reported, moved aside to
-`<workdir>/corrupt_checkpoints/` (so that the run can save that step again and finish), and the previous one is
-used; nothing else is ever deleted here except by `keep_checkpoints` rotation after a successful save. Paths
-are `etils.epath` paths: orbax writes `gs://` through tensorstore.
+mesh can read any checkpoint. A damaged newest checkpoint (its files are there but do not decode) is reported, moved
+aside to `<workdir>/corrupt_checkpoints/` (so that the run can save that step again and finish) once an older one
+is restored; a storage failure moves nothing. Nothing else is ever deleted here except by `keep_checkpoints`
+rotation after a successful save. Paths are `etils.epath` paths: orbax writes `gs://` through tensorstore.
 """
 
 from __future__ import annotations
@@ -168,12 +168,15 @@ class Checkpointer:
         """Restore the newest readable checkpoint into `abstract_state`'s shardings; None if there is none.
 
         `data_iterator` is moved to the saved position in place. A checkpoint whose shapes disagree with the
-        current config is an error (it would be a different model). One that cannot be read is moved to
-        `corrupt_dir` (kept for inspection; the run can then save that step again) and the previous one is tried.
+        current config is an error (it would be a different model). One whose files are there but do not decode is
+        damaged: the previous one is tried, and once one is restored the damaged newer ones are moved to
+        `corrupt_dir` (kept for inspection; the run can then save those steps again). Nothing is moved when the
+        storage fails (refused, unreachable: a SoraError) or when no checkpoint decodes (a SoraError): the
+        newest readable checkpoint always stays in place.
         """
-        unreadable: list[tuple[int, str]] = []
-        found = None
-        for step in reversed(self.steps()):
+        steps = self.steps()
+        damaged: list[tuple[int, str]] = []
+        for step in reversed(steps):
             self._check_shapes(step, abstract_state.params)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -182,40 +185,57 @@ class Checkpointer:
                 ))
             except SoraError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable.
-                unreadable.append((step, f"{type(e).__name__}: {paths.first_line(e)}"))
+            except Exception as e:  # noqa: BLE001 - a storage failure stops below; anything else is damage.
+                damaged.append((step, self._read_failure(step, e)))
                 continue
-            found = restored["state"], step
-            break
-        if unreadable:
-            self._set_aside(unreadable, found[1] if found else None)
-        if found is None and unreadable:
-            raise SoraError(f"no checkpoint under {self.directory} could be read (steps "
-                            f"{[s for s, _ in unreadable]}, moved to {self.corrupt_dir}); restore them from a backup, "
-                            "or run again to start from scratch.")
-        return found
+            if damaged:
+                self._set_aside(damaged, step)
+            return restored["state"], step
+        if damaged:
+            newest, why = damaged[0]
+            raise SoraError(f"no checkpoint in {self.directory} can be read: steps {[s for s, _ in damaged]} do not "
+                            f"decode (step {newest}: {why}); none was moved aside. Restore them from a backup, or "
+                            "train from scratch in a new --workdir.")
+        return None
 
-    def _set_aside(self, unreadable: list[tuple[int, str]], resumed: int | None) -> None:
-        # Orbax refuses to save a step that exists, so an unreadable step left in place would fail the run
-        # again when it reaches that step: move it out of the manager's directory, keeping it for inspection.
+    def _read_failure(self, step: int, error: Exception) -> str:
+        """Why checkpoint `step` could not be read when its files are there and do not decode (a file missing from
+        a committed checkpoint counts as damage); a SoraError when the storage itself failed (refused,
+        unreachable), since the checkpoint may well be intact."""
+        cause = paths.storage_cause(error)
+        if cause is None or isinstance(cause, FileNotFoundError):
+            cause = None
+            try:  # The storage must answer for the step's files: libraries wrap its failures in plain ValueErrors.
+                any((self.directory / str(step)).iterdir())
+            except Exception as e:  # noqa: BLE001 - the folder listed a moment ago: any failure is the storage's.
+                cause = e
+        if cause is not None:
+            raise SoraError(f"reading checkpoint step {step} in {self.directory} failed ({type(cause).__name__}: "
+                            f"{paths.first_line(cause)}); the storage refused or did not answer, so no checkpoint was "
+                            "moved aside. Check access to it (permissions, credentials, network) and run the same "
+                            "command again.") from None
+        return f"{type(error).__name__}: {paths.first_line(error)}"[:200]
+
+    def _set_aside(self, damaged: list[tuple[int, str]], resumed: int) -> None:
+        # Orbax refuses to save a step that exists, so a damaged step left in place would fail the run again when it
+        # reaches that step: move it out of the manager's directory, keeping it for inspection.
         stamp = time.strftime("%Y%m%d-%H%M%S")
 
         def move() -> None:
-            for step, _ in unreadable:
+            for step, _ in damaged:
                 paths.move(self.directory / str(step), self.corrupt_dir / f"{step}-{stamp}")
 
         distributed.leader_then_all("corrupt checkpoints", move)
         self._manager.close()
         self._manager = self._new_manager()
-        for step, why in unreadable:
-            then = f"resumed from step {resumed}" if resumed is not None else "no older checkpoint"
-            self.notes.append(f"checkpoint step {step} could not be read ({why[:200]}); moved it to "
-                              f"{self.corrupt_dir / f'{step}-{stamp}'} and {then}.")
+        for step, why in damaged:
+            self.notes.append(f"checkpoint step {step} could not be read ({why}); moved it to "
+                              f"{self.corrupt_dir / f'{step}-{stamp}'} and resumed from step {resumed}.")
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
         """Only the parameters of checkpoint `step` (default: the newest readable one, falling back to older ones
         with a note), placed on `abstract_params`' shardings: what eval and inference need, without the
-        optimizer state. Nothing in the workdir is changed."""
+        optimizer state. Nothing in the workdir is changed; a storage failure is a SoraError, not a fallback."""
         steps = self.steps()
         if not steps:
             raise SoraError(f"no checkpoint in {self.directory}: train first, or point --workdir at a trained run.")
@@ -226,7 +246,7 @@ class Checkpointer:
             try:
                 return restore_params_item(self.directory / str(candidate) / "state", abstract_params), candidate
             except Exception as e:  # noqa: BLE001 - reported below or replaced by an older checkpoint.
-                why = f"{type(e).__name__}: {paths.first_line(e)}"[:200]
+                why = self._read_failure(candidate, e)
                 if step is not None:
                     raise SoraError(f"checkpoint step {step} in {self.directory} cannot be read ({why}); pick "
                                     "another --step.") from None

@@ -11,9 +11,130 @@ import sys
 import time
 from pathlib import Path
 
+import flax
+import jax
+import jax.numpy as jnp
+import numpy as np
 import pytest
+from etils import epath
+
+from sora_jax import checkpoint
+from sora_jax.errors import SoraError
 
 REPO = Path(__file__).resolve().parents[1]
+
+
+@flax.struct.dataclass
+class State:
+    """A train state's shape as Checkpointer.restore reads it (params, and something beside them)."""
+
+    params: dict
+    step: jax.Array
+
+
+class Position:
+    """A data iterator's position (Checkpointer saves and restores it with the state)."""
+
+    shard_ids = (0,)
+
+    def __init__(self, offset: int = 0):
+        self.offset = offset
+
+    def shard_states(self) -> dict:
+        return {0: {"offset": self.offset}}
+
+    def set_shard_states(self, states: dict) -> None:
+        self.offset = states[0]["offset"]
+
+
+def make_state(step: int) -> State:
+    return State(params={"w": jnp.arange(512.0).reshape(16, 32) * step, "b": jnp.full((3,), float(step))},
+                 step=jnp.array(step))
+
+
+def abstract(state: State) -> State:
+    return jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=x.sharding), state)
+
+
+def save_steps(directory: Path, steps, **options) -> None:
+    ckpt = checkpoint.Checkpointer(directory, keep=5, **options)
+    for step in steps:
+        ckpt.save(step, make_state(step), Position(step * 10))
+    ckpt.close()
+
+
+def damage(step_dir: Path) -> None:
+    """Overwrite every file of a saved train state (as a half-written or damaged disk would)."""
+    files = [p for p in (step_dir / "state").rglob("*") if p.is_file()]
+    assert files
+    for path in files:
+        path.write_bytes(b"\0" * 7)
+
+
+# ---------------------------------------------------------------- checkpoints moved aside only when damaged
+
+
+def test_a_damaged_newest_checkpoint_is_moved_aside_and_the_previous_one_restored(tmp_path):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, [1, 2])
+    damage(directory / "2")
+    ckpt = checkpoint.Checkpointer(directory, keep=5)
+    position = Position()
+    restored, step = ckpt.restore(abstract(make_state(0)), position)
+    assert step == 1 and position.offset == 10
+    np.testing.assert_array_equal(restored.params["w"], make_state(1).params["w"])
+    assert ckpt.steps() == [1]
+    (aside,) = (tmp_path / "corrupt_checkpoints").iterdir()
+    assert aside.name.startswith("2-") and (aside / "state").is_dir()
+    assert len(ckpt.notes) == 1 and "checkpoint step 2 could not be read" in ckpt.notes[0]
+    ckpt.close()
+
+
+@pytest.mark.parametrize("error", [PermissionError(13, "Permission denied"), TimeoutError("the bucket did not answer"),
+                                   OSError(5, "Input/output error")])
+def test_a_storage_failure_moves_no_checkpoint_and_is_one_line(tmp_path, monkeypatch, error):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, [1, 2])
+    before = sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*"))
+    path_type = type(epath.Path(directory))
+    read_text, read_bytes = path_type.read_text, path_type.read_bytes
+
+    def refuse(read):
+        def reader(self, *args, **kwargs):
+            if f"{directory}/2/" in os.fspath(self):  # The store refuses step 2's files (root ignores chmod 000).
+                raise error
+            return read(self, *args, **kwargs)
+        return reader
+
+    monkeypatch.setattr(path_type, "read_text", refuse(read_text))
+    monkeypatch.setattr(path_type, "read_bytes", refuse(read_bytes))
+    ckpt = checkpoint.Checkpointer(directory, keep=5)
+    with pytest.raises(SoraError) as raised:
+        ckpt.restore(abstract(make_state(0)), Position())
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"reading checkpoint step 2 in {directory} failed ({type(error).__name__}: ")
+    assert "no checkpoint was moved aside" in message
+    with pytest.raises(SoraError, match="reading checkpoint step 2 .* no checkpoint was moved aside"):
+        ckpt.restore_params(abstract(make_state(0)).params)  # Eval and predict do not fall back to step 1 either.
+    ckpt.close()
+    assert sorted(str(p.relative_to(tmp_path)) for p in tmp_path.rglob("*")) == before
+
+
+def test_when_no_checkpoint_decodes_none_is_moved(tmp_path):
+    directory = tmp_path / "checkpoints"
+    save_steps(directory, [1, 2])
+    damage(directory / "1")
+    damage(directory / "2")
+    ckpt = checkpoint.Checkpointer(directory, keep=5)
+    with pytest.raises(SoraError) as raised:
+        ckpt.restore(abstract(make_state(0)), Position())
+    message = str(raised.value)
+    assert len(message.splitlines()) == 1
+    assert message.startswith(f"no checkpoint in {directory} can be read: steps [2, 1] do not decode (step 2: ")
+    assert "none was moved aside" in message
+    assert ckpt.steps() == [1, 2] and not (tmp_path / "corrupt_checkpoints").exists()
+    ckpt.close()
 
 
 # ---------------------------------------------------------------- misspelled flags
