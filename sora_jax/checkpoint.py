@@ -24,6 +24,7 @@ from etils import epath
 
 from sora_jax import distributed, paths
 from sora_jax.errors import SoraError
+from sora_jax.write_failures import checkpoint_writes
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class Checkpointer:
                                                      create=True, cleanup_tmp_directories=False)
         self._use_ocdbt = use_ocdbt
         self._manager = self._new_manager()
+        self._in_flight: int | None = None  # The step of the asynchronous save not yet awaited.
         self.notes: list[str] = []  # What a restore did that the user should hear about (printed by the caller).
 
     def _new_manager(self) -> ocp.CheckpointManager:
@@ -154,15 +156,25 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: Any, data_iterator: Any) -> None:
-        """Start an asynchronous save of `state` and the iterator position (returns before it is written)."""
+        """Start an asynchronous save of `state` and the iterator position (returns before it is written).
+
+        A write the storage rejects, of this save or of the previous one (awaited first), is a
+        `paths.StorageUnreachable` line; that step is not committed, so no later run takes it for a checkpoint.
+        """
         # Ask the bucket first: when it stops answering while orbax creates the step's folder, orbax waits out its
         # 300 s coordination timeout per item before it reports the error.
         if paths.is_remote(self.directory) and not paths.bucket_exists(self.directory):
             raise FileNotFoundError(f"the bucket {paths.bucket_of(self.directory)} is gone")
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=DataStateSave(data_iterator),
-        ), force=True)
+        self.wait()
+        with self._writing(step):
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=DataStateSave(data_iterator),
+            ), force=True)
+        self._in_flight = step
+
+    def _writing(self, step: int) -> contextlib.AbstractContextManager[None]:
+        return checkpoint_writes(f"writing checkpoint step {step} to {self.directory}", use_ocdbt=self._use_ocdbt)
 
     def restore(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, int] | None:
         """Restore the newest readable checkpoint into `abstract_state`'s shardings; None if there is none.
@@ -258,11 +270,16 @@ class Checkpointer:
         check_param_shapes(self.directory / str(step) / "state", abstract_params)
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are committed."""
-        self._manager.wait_until_finished()
+        """Block until pending asynchronous saves are committed (a rejected write: see `save`)."""
+        step, self._in_flight = self._in_flight, None
+        if step is None:
+            self._manager.wait_until_finished()
+            return
+        with self._writing(step):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
 
 
@@ -344,7 +361,9 @@ class BestCheckpoint:
             return False
         previous = self._info(self.directory)
         name = f"params_{step}"
-        with quiet_orbax(), ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=self._use_ocdbt)) as writer:
+        what = f"writing the best params (step {step}) to {self.directory}"
+        with (checkpoint_writes(what, use_ocdbt=self._use_ocdbt), quiet_orbax(),
+              ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=self._use_ocdbt)) as writer):
             writer.save(self.directory / name, args=ocp.args.StandardSave(params), force=True)  # All processes.
         info = json.dumps({"metric": self.metric, "value": value, "step": step, "params": name})
 

@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import flax
+import gcs
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -69,6 +70,66 @@ def damage(step_dir: Path) -> None:
     assert files
     for path in files:
         path.write_bytes(b"\0" * 7)
+
+
+# ---------------------------------------------------------------- a store that rejects a checkpoint write
+
+# Saves checkpoints with OCDBT into the emulator through the CLI runner, as train.py does. The emulator answers
+# reads without the object generation that OCDBT's conditional manifest writes need: a write fails once one of
+# orbax's concurrent array writers reads the manifest another one committed, which with this many arrays happens
+# on the first save in practice (the later steps only keep the test from depending on that race).
+_OCDBT_SCRIPT = """
+import sys
+import jax.numpy as jnp
+from sora_jax.cli.common import run_cli
+
+class Position:
+    def shard_states(self):
+        return {0: {"offset": 0}}
+
+def body():
+    from sora_jax import checkpoint
+    ckpt = checkpoint.Checkpointer(sys.argv[1], keep=5, use_ocdbt=True)
+    state = {"params": {f"w{i}": jnp.full((16, 64), float(i)) for i in range(100)}, "step": jnp.array(0)}
+    for step in (1, 2, 3):
+        ckpt.save(step, state, Position())
+        ckpt.wait()
+        print(f"saved {step}", flush=True)
+    return 0
+
+sys.exit(run_cli(body))
+"""
+
+
+def test_a_store_that_rejects_an_ocdbt_write_is_one_line_and_leaves_no_checkpoint(tmp_path):
+    directory = f"gs://{gcs.BUCKET}/faults/checkpoints"
+    with gcs.emulator() as url, gcs.pointed_at(url):
+        # A subprocess: run_cli leaves with os._exit after a storage failure (orbax's writer threads never end).
+        result = subprocess.run([sys.executable, "-c", _OCDBT_SCRIPT, directory], cwd=REPO, capture_output=True,
+                                text=True, timeout=300, env={**os.environ, **gcs.environment(url)})
+        assert result.returncode == 2, result.stderr[-3000:]
+        saved = [int(line.split()[1]) for line in result.stdout.splitlines()]
+        failed = len(saved) + 1
+        errors = [line for line in result.stderr.splitlines() if line.startswith("error:")]
+        assert errors == [result.stderr.strip().splitlines()[-1]]
+        assert errors[0].startswith(f"error: writing checkpoint step {failed} to {directory} failed (ValueError: "
+                                    "Error ")
+        assert "Malformed StorageGeneration" in errors[0] and "--config.checkpoint_ocdbt=false" in errors[0]
+        # Orbax's threads' tracebacks, and tensorstore's into closed event loops, are left out.
+        assert "Traceback" not in result.stderr and "Event loop is closed" not in result.stderr
+        assert len(result.stderr.splitlines()) < 20, result.stderr
+
+        # The step half-written is no checkpoint; with OCDBT off the same step is saved and restored.
+        ckpt = checkpoint.Checkpointer(directory, keep=5, use_ocdbt=False)
+        assert ckpt.steps() == saved
+        ckpt.save(failed, make_state(failed), Position(7))
+        ckpt.wait()
+        assert ckpt.steps() == [*saved, failed]
+        position = Position()
+        restored, step = ckpt.restore(abstract(make_state(0)), position)
+        ckpt.close()
+    assert step == failed and position.offset == 7
+    np.testing.assert_array_equal(restored.params["w"], make_state(failed).params["w"])
 
 
 # ---------------------------------------------------------------- checkpoints moved aside only when damaged

@@ -55,12 +55,14 @@ def _unknown_argument(parser: argparse.ArgumentParser, arg: str) -> str:
 
 
 def start() -> None:
-    """Quiet the libraries' expected start-up noise (TensorFlow's C++ log, storage clients without credentials)."""
+    """Quiet the libraries' expected noise: start-up (TensorFlow's C++ log, storage clients without credentials) and
+    the background reports of a failed checkpoint write, which `run_cli` reports in one line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from sora_jax import paths
+    from sora_jax import paths, write_failures
 
     paths.quiet_storage_logs()
+    write_failures.quiet_background_reports()
 
 
 def run_cli(body: Callable[[], int]) -> int:
