@@ -43,8 +43,8 @@ def failure_message(what: str, error: BaseException, *, use_ocdbt: bool) -> str:
     if use_ocdbt and _NO_GENERATIONS in str(error):
         return (f"{what} failed ({detail}): this storage does not keep the object generations that OCDBT checkpoints "
                 "need for their conditional writes. Run the same command again with "
-                "--config.checkpoint_ocdbt=false; nothing of this write was committed and the last committed "
-                "checkpoint is intact.")
+                "--config.checkpoint_ocdbt=false; nothing of this write was committed, and earlier checkpoints are "
+                "intact.")
     return (f"{what} failed ({detail}); the storage is unreachable or refused the write. Nothing of this write was "
             "committed and the last committed checkpoint is intact: run the same command again to resume once the "
             "storage is back.")
