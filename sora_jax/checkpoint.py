@@ -1,10 +1,10 @@
 """Checkpoints (orbax): the train state plus each process's data-iterator state, saved asynchronously.
 
 A restore is always made against the current run's abstract state (shapes, dtypes, target shardings), so any
-mesh can read any checkpoint. An unreadable newest checkpoint is reported, moved aside to
-`<workdir>/corrupt_checkpoints/` (so that the run can save that step again and finish), and the previous one is
-used; nothing else is ever deleted here except by `keep_checkpoints` rotation after a successful save. Paths
-are `etils.epath` paths: orbax writes `gs://` through tensorstore.
+mesh can read any checkpoint. A damaged newest checkpoint (its files are there but do not decode) is reported, moved
+aside to `<workdir>/corrupt_checkpoints/` (so that the run can save that step again and finish) once an older one
+is restored; a storage failure moves nothing. Nothing else is ever deleted here except by `keep_checkpoints`
+rotation after a successful save. Paths are `etils.epath` paths: orbax writes `gs://` through tensorstore.
 """
 
 from __future__ import annotations
@@ -24,6 +24,7 @@ from etils import epath
 
 from sora_jax import distributed, paths
 from sora_jax.errors import SoraError
+from sora_jax.write_failures import checkpoint_writes
 
 log = logging.getLogger(__name__)
 
@@ -139,6 +140,7 @@ class Checkpointer:
                                                      create=True, cleanup_tmp_directories=False)
         self._use_ocdbt = use_ocdbt
         self._manager = self._new_manager()
+        self._in_flight: int | None = None  # The step of the asynchronous save not yet awaited.
         self.notes: list[str] = []  # What a restore did that the user should hear about (printed by the caller).
 
     def _new_manager(self) -> ocp.CheckpointManager:
@@ -154,26 +156,39 @@ class Checkpointer:
         return steps[-1] if steps else None
 
     def save(self, step: int, state: Any, data_iterator: Any) -> None:
-        """Start an asynchronous save of `state` and the iterator position (returns before it is written)."""
+        """Start an asynchronous save of `state` and the iterator position (returns before it is written).
+
+        A write the storage rejects, of this save or of the previous one (awaited first), is a
+        `paths.StorageUnreachable` line; that step is not committed, so no later run takes it for a checkpoint.
+        """
         # Ask the bucket first: when it stops answering while orbax creates the step's folder, orbax waits out its
         # 300 s coordination timeout per item before it reports the error.
         if paths.is_remote(self.directory) and not paths.bucket_exists(self.directory):
             raise FileNotFoundError(f"the bucket {paths.bucket_of(self.directory)} is gone")
-        self._manager.save(step, args=ocp.args.Composite(
-            state=ocp.args.StandardSave(state),
-            data=DataStateSave(data_iterator),
-        ), force=True)
+        self.wait()
+        with self._writing(step):
+            self._manager.save(step, args=ocp.args.Composite(
+                state=ocp.args.StandardSave(state),
+                data=DataStateSave(data_iterator),
+            ), force=True)
+        self._in_flight = step
+
+    def _writing(self, step: int) -> contextlib.AbstractContextManager[None]:
+        return checkpoint_writes(f"writing checkpoint step {step} to {self.directory}", use_ocdbt=self._use_ocdbt)
 
     def restore(self, abstract_state: Any, data_iterator: Any) -> tuple[Any, int] | None:
         """Restore the newest readable checkpoint into `abstract_state`'s shardings; None if there is none.
 
         `data_iterator` is moved to the saved position in place. A checkpoint whose shapes disagree with the
-        current config is an error (it would be a different model). One that cannot be read is moved to
-        `corrupt_dir` (kept for inspection; the run can then save that step again) and the previous one is tried.
+        current config is an error (it would be a different model). One whose files are there but do not decode is
+        damaged: the previous one is tried, and once one is restored the damaged newer ones are moved to
+        `corrupt_dir` (kept for inspection; the run can then save those steps again). Nothing is moved when the
+        storage fails (refused, unreachable: a SoraError) or when no checkpoint decodes (a SoraError): the
+        newest readable checkpoint always stays in place.
         """
-        unreadable: list[tuple[int, str]] = []
-        found = None
-        for step in reversed(self.steps()):
+        steps = self.steps()
+        damaged: list[tuple[int, str]] = []
+        for step in reversed(steps):
             self._check_shapes(step, abstract_state.params)
             try:
                 restored = self._manager.restore(step, args=ocp.args.Composite(
@@ -182,40 +197,57 @@ class Checkpointer:
                 ))
             except SoraError:
                 raise
-            except Exception as e:  # noqa: BLE001 - any read failure means this checkpoint is unusable.
-                unreadable.append((step, f"{type(e).__name__}: {paths.first_line(e)}"))
+            except Exception as e:  # noqa: BLE001 - a storage failure stops below; anything else is damage.
+                damaged.append((step, self._read_failure(step, e)))
                 continue
-            found = restored["state"], step
-            break
-        if unreadable:
-            self._set_aside(unreadable, found[1] if found else None)
-        if found is None and unreadable:
-            raise SoraError(f"no checkpoint under {self.directory} could be read (steps "
-                            f"{[s for s, _ in unreadable]}, moved to {self.corrupt_dir}); restore them from a backup, "
-                            "or run again to start from scratch.")
-        return found
+            if damaged:
+                self._set_aside(damaged, step)
+            return restored["state"], step
+        if damaged:
+            newest, why = damaged[0]
+            raise SoraError(f"no checkpoint in {self.directory} can be read: steps {[s for s, _ in damaged]} do not "
+                            f"decode (step {newest}: {why}); none was moved aside. Restore them from a backup, or "
+                            "train from scratch in a new --workdir.")
+        return None
 
-    def _set_aside(self, unreadable: list[tuple[int, str]], resumed: int | None) -> None:
-        # Orbax refuses to save a step that exists, so an unreadable step left in place would fail the run
-        # again when it reaches that step: move it out of the manager's directory, keeping it for inspection.
+    def _read_failure(self, step: int, error: Exception) -> str:
+        """Why checkpoint `step` could not be read when its files are there and do not decode (a file missing from
+        a committed checkpoint counts as damage); a SoraError when the storage itself failed (refused,
+        unreachable), since the checkpoint may well be intact."""
+        cause = paths.storage_cause(error)
+        if cause is None or isinstance(cause, FileNotFoundError):
+            cause = None
+            try:  # The storage must answer for the step's files: libraries wrap its failures in plain ValueErrors.
+                any((self.directory / str(step)).iterdir())
+            except Exception as e:  # noqa: BLE001 - the folder listed a moment ago: any failure is the storage's.
+                cause = e
+        if cause is not None:
+            raise SoraError(f"reading checkpoint step {step} in {self.directory} failed ({type(cause).__name__}: "
+                            f"{paths.first_line(cause)}); the storage refused or did not answer, so no checkpoint was "
+                            "moved aside. Check access to it (permissions, credentials, network) and run the same "
+                            "command again.") from None
+        return f"{type(error).__name__}: {paths.first_line(error)}"[:200]
+
+    def _set_aside(self, damaged: list[tuple[int, str]], resumed: int) -> None:
+        # Orbax refuses to save a step that exists, so a damaged step left in place would fail the run again when it
+        # reaches that step: move it out of the manager's directory, keeping it for inspection.
         stamp = time.strftime("%Y%m%d-%H%M%S")
 
         def move() -> None:
-            for step, _ in unreadable:
+            for step, _ in damaged:
                 paths.move(self.directory / str(step), self.corrupt_dir / f"{step}-{stamp}")
 
         distributed.leader_then_all("corrupt checkpoints", move)
         self._manager.close()
         self._manager = self._new_manager()
-        for step, why in unreadable:
-            then = f"resumed from step {resumed}" if resumed is not None else "no older checkpoint"
-            self.notes.append(f"checkpoint step {step} could not be read ({why[:200]}); moved it to "
-                              f"{self.corrupt_dir / f'{step}-{stamp}'} and {then}.")
+        for step, why in damaged:
+            self.notes.append(f"checkpoint step {step} could not be read ({why}); moved it to "
+                              f"{self.corrupt_dir / f'{step}-{stamp}'} and resumed from step {resumed}.")
 
     def restore_params(self, abstract_params: Any, step: int | None = None) -> tuple[Any, int]:
         """Only the parameters of checkpoint `step` (default: the newest readable one, falling back to older ones
         with a note), placed on `abstract_params`' shardings: what eval and inference need, without the
-        optimizer state. Nothing in the workdir is changed."""
+        optimizer state. Nothing in the workdir is changed; a storage failure is a SoraError, not a fallback."""
         steps = self.steps()
         if not steps:
             raise SoraError(f"no checkpoint in {self.directory}: train first, or point --workdir at a trained run.")
@@ -226,7 +258,7 @@ class Checkpointer:
             try:
                 return restore_params_item(self.directory / str(candidate) / "state", abstract_params), candidate
             except Exception as e:  # noqa: BLE001 - reported below or replaced by an older checkpoint.
-                why = f"{type(e).__name__}: {paths.first_line(e)}"[:200]
+                why = self._read_failure(candidate, e)
                 if step is not None:
                     raise SoraError(f"checkpoint step {step} in {self.directory} cannot be read ({why}); pick "
                                     "another --step.") from None
@@ -238,11 +270,16 @@ class Checkpointer:
         check_param_shapes(self.directory / str(step) / "state", abstract_params)
 
     def wait(self) -> None:
-        """Block until pending asynchronous saves are committed."""
-        self._manager.wait_until_finished()
+        """Block until pending asynchronous saves are committed (a rejected write: see `save`)."""
+        step, self._in_flight = self._in_flight, None
+        if step is None:
+            self._manager.wait_until_finished()
+            return
+        with self._writing(step):
+            self._manager.wait_until_finished()
 
     def close(self) -> None:
-        self._manager.wait_until_finished()
+        self.wait()
         self._manager.close()
 
 
@@ -324,7 +361,9 @@ class BestCheckpoint:
             return False
         previous = self._info(self.directory)
         name = f"params_{step}"
-        with quiet_orbax(), ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=self._use_ocdbt)) as writer:
+        what = f"writing the best params (step {step}) to {self.directory}"
+        with (checkpoint_writes(what, use_ocdbt=self._use_ocdbt), quiet_orbax(),
+              ocp.Checkpointer(ocp.StandardCheckpointHandler(use_ocdbt=self._use_ocdbt)) as writer):
             writer.save(self.directory / name, args=ocp.args.StandardSave(params), force=True)  # All processes.
         info = json.dumps({"metric": self.metric, "value": value, "step": step, "params": name})
 

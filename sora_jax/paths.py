@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 import logging
 import os
+import re
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -96,10 +97,14 @@ def bucket_exists(path: PathLike) -> bool:
         pool.shutdown(wait=False)
 
 
+# tensorstore (orbax's reader and writer) appends the whole JSON spec of what it opened to its messages.
+_TENSORSTORE_SPEC = re.compile(r"\s*\[(tensorstore_spec|source locations)\b.*$")
+
+
 def first_line(error: BaseException) -> str:
-    """The first line of an exception's message (library errors can be pages long)."""
+    """The first line of an exception's message without tensorstore's spec (library errors can be pages long)."""
     text = str(error).strip()
-    return text.splitlines()[0][:300] if text else ""
+    return _TENSORSTORE_SPEC.sub("", text.splitlines()[0])[:300] if text else ""
 
 
 def write_text(path: epath.Path, text: str) -> None:
@@ -169,8 +174,33 @@ def storage_errors(what: str) -> Iterator[None]:
                         "to resume once the storage is back.") from None
 
 
+# tensorstore raises ValueError whatever failed, its message led by the status code: these codes say that the
+# store refused or did not answer, not that what it holds is bad.
+_TENSORSTORE_ACCESS_CODES = ("PERMISSION_DENIED", "UNAUTHENTICATED", "UNAVAILABLE", "DEADLINE_EXCEEDED", "ABORTED",
+                             "RESOURCE_EXHAUSTED", "CANCELLED")
+
+
+def storage_cause(error: BaseException) -> BaseException | None:
+    """The exception in `error`'s chain (itself, then what it was raised from) that comes from the filesystem or a
+    storage client rather than from Sora's code or the data: an OSError or TimeoutError, a storage client's
+    error, or a tensorstore error whose code says the store refused or did not answer. None if there is none."""
+    seen = set()
+    while error is not None and id(error) not in seen:
+        seen.add(id(error))
+        package = type(error).__module__.split(".")[0]
+        if (isinstance(error, OSError | TimeoutError) or package in ("gcsfs", "fsspec", "aiohttp", "google")
+                or str(error).startswith(_TENSORSTORE_ACCESS_CODES)):
+            return error
+        error = error.__cause__ or error.__context__
+    return None
+
+
 def is_storage_error(error: BaseException) -> bool:
-    """Whether an exception comes from the filesystem or a storage client (not from Sora's own code)."""
-    package = type(error).__module__.split(".")[0]
-    return isinstance(error, OSError | TimeoutError) or package in ("gcsfs", "fsspec", "aiohttp", "google",
-                                                                    "tensorstore")
+    """Whether an exception comes from the filesystem or a storage client (see `storage_cause`)."""
+    return storage_cause(error) is not None
+
+
+def is_tensorstore_error(error: BaseException) -> bool:
+    """Whether an exception was raised by tensorstore, which orbax reads and writes arrays with (it names the spec
+    of what it opened, or its source locations)."""
+    return _TENSORSTORE_SPEC.search(str(error).splitlines()[0] if str(error) else "") is not None

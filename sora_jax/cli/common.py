@@ -1,5 +1,5 @@
-"""What every command line shares: start-up, the error runner, `--config.KEY=VALUE` overrides, `--step`, and the
-decoding flags of sora-eval and sora-predict.
+"""What every command line shares: start-up, the error runner, flag parsing (an unknown flag names the closest known
+one), `--config.KEY=VALUE` overrides, `--step`, and the decoding flags of sora-eval and sora-predict.
 
 Problems with the input print one line starting with "error:" and exit with status 2; tracebacks are for bugs.
 """
@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from typing import Any
 
 from sora_jax.decoding.search import METHODS
+from sora_jax.errors import closest
 from sora_jax.workdir import BEST
 
 DECODE_FLAGS = ("method", "beam_size", "alpha", "max_length", "temperature", "top_k", "top_p", "seed")
@@ -33,13 +34,35 @@ def split_config_overrides(argv: Sequence[str]) -> tuple[list[str], dict[str, st
     return rest, overrides
 
 
+def parse_flags(parser: argparse.ArgumentParser, argv: Sequence[str]) -> argparse.Namespace:
+    """`parser.parse_args(argv)`, except that an unknown flag or a stray argument is one "error:" line (exit status 2)
+    that names the closest known flag, where argparse would print only "unrecognized arguments"."""
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:
+        print(f"error: {_unknown_argument(parser, unknown[0])}", file=sys.stderr, flush=True)
+        raise SystemExit(2)
+    return args
+
+
+def _unknown_argument(parser: argparse.ArgumentParser, arg: str) -> str:
+    if not arg.startswith("-"):
+        return f"unexpected argument {arg!r}: {parser.prog} takes only flags (see {parser.prog} --help)."
+    name = arg.split("=", 1)[0]
+    # argparse has no public list of its flags; this mapping holds every option string, those of groups included.
+    known = [flag for flag in parser._option_string_actions if flag.startswith("--")]
+    match = closest(name, known)
+    return f"unknown flag {name}. " + (f"Did you mean {match}?" if match else f"See {parser.prog} --help.")
+
+
 def start() -> None:
-    """Quiet the libraries' expected start-up noise (TensorFlow's C++ log, storage clients without credentials)."""
+    """Quiet the libraries' expected noise: start-up (TensorFlow's C++ log, storage clients without credentials) and
+    the background reports of a failed checkpoint write, which `run_cli` reports in one line."""
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    from sora_jax import paths
+    from sora_jax import paths, write_failures
 
     paths.quiet_storage_logs()
+    write_failures.quiet_background_reports()
 
 
 def run_cli(body: Callable[[], int]) -> int:

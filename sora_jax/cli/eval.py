@@ -43,7 +43,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser.add_argument("--max_examples", type=int, default=0, help="evaluate only the first N examples (0 = all)")
     common.add_quantize_flag(parser, "evaluate")
     common.add_decode_flags(parser)
-    return parser.parse_args(rest), overrides
+    return common.parse_flags(parser, rest), overrides
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -28,7 +28,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--quantize", default="", metavar="SCHEME",
                         help="write int8 or int4 weights (post-training quantization) in Sora's own layout, served "
                              "by sora-predict --workdir=OUT (default: float params, Hugging Face layout)")
-    args = parser.parse_args(sys.argv[1:] if argv is None else argv)
+    args = common.parse_flags(parser, sys.argv[1:] if argv is None else argv)
 
     def body() -> int:
         from sora_jax.serving.export import export_quantized, export_workdir

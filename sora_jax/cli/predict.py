@@ -44,7 +44,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser.add_argument("--batch_size", type=int, default=32, help="inputs decoded together (default 32)")
     parser.add_argument("--raw", action="store_true", help="do not apply the task's input formatting")
     common.add_decode_flags(parser)
-    return parser.parse_args(rest), overrides
+    return common.parse_flags(parser, rest), overrides
 
 
 def decoded_lines(stream: BinaryIO, not_utf8: list[int]) -> Iterator[str]:

@@ -13,7 +13,7 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from sora_jax.cli.common import run_cli, split_config_overrides
+from sora_jax.cli.common import parse_flags, run_cli, split_config_overrides
 
 # Inside the package, so that sora-train finds it in a non-editable install too.
 DEFAULT_CONFIG = Path(__file__).resolve().parents[1] / "config" / "default.py"
@@ -34,7 +34,7 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
     parser.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
     parser.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
     rest, overrides = split_config_overrides(argv)
-    return parser.parse_args(rest), overrides
+    return parse_flags(parser, rest), overrides
 
 
 def default_workdir(config_spec: str) -> str:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import ast
-import difflib
 import importlib.util
 import inspect
 from collections.abc import Mapping, Sequence
@@ -13,7 +12,7 @@ from typing import Any
 import ml_collections
 
 from sora_jax.config.schema import FREE_FORM_KEYS, base_config
-from sora_jax.errors import SoraError
+from sora_jax.errors import SoraError, closest
 
 
 def load_config_file(spec: str) -> ml_collections.ConfigDict:
@@ -47,8 +46,8 @@ KEYS_HELP = "every key and its default is listed in sora_jax/config/schema.py:ba
 
 
 def _closest(name: str, known: Sequence[str]) -> str:
-    match = difflib.get_close_matches(name, known, n=1, cutoff=0.5)
-    return f" Did you mean {match[0]!r}?" if match else f" No key is close; {KEYS_HELP}."
+    match = closest(name, known)
+    return f" Did you mean {match!r}?" if match else f" No key is close; {KEYS_HELP}."
 
 
 def _flat_keys(config: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:

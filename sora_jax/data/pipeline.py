@@ -15,7 +15,7 @@ import grain
 import numpy as np
 from absl import flags
 
-from sora_jax.data import objectives
+from sora_jax.data import objectives, workers
 from sora_jax.data.options import DataOptions
 from sora_jax.data.tokenizer import EOS_ID, PAD_ID, Tokenizer
 from sora_jax.errors import SoraError
@@ -254,7 +254,8 @@ def batched(examples: grain.IterDataset, *, batch_size: int, max_input_length: i
             flags.FLAGS.mark_as_parsed()
         # Everything above runs in the workers; the batches depend on num_workers (each reads its own slice),
         # so a run resumes with the same number.
-        return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers))
+        return batches.mp_prefetch(grain.MultiprocessingOptions(num_workers=num_workers),
+                                   worker_init_fn=workers.exit_with_parent_init_fn())
     # A background thread prepares the next batches while the device computes (the state stays exact).
     return grain.experimental.ThreadPrefetchIterDataset(batches, prefetch_buffer_size=2)
 
