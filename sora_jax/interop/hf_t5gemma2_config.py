@@ -206,7 +206,9 @@ def _text_to_hf(cfg: ModelConfig, stack: str) -> dict[str, Any]:
         "num_hidden_layers": getattr(cfg, f"num_{stack}_layers"), "num_attention_heads": sub.num_heads,
         "num_key_value_heads": sub.kv_heads, "head_dim": cfg.d_kv, "hidden_activation": "gelu_pytorch_tanh",
         "rms_norm_eps": cfg.layer_norm_epsilon, "attention_bias": False, "attention_dropout": 0.0,
-        "query_pre_attn_scalar": cfg.query_pre_attn_scalar or cfg.d_kv, "sliding_window": cfg.sliding_window or None,
+        # transformers 5 types it int (a fractional scalar cannot be exported to it).
+        "query_pre_attn_scalar": int(cfg.query_pre_attn_scalar or cfg.d_kv),
+        "sliding_window": cfg.sliding_window or None,
         "layer_types": [SLIDING if s else FULL for s in cfg.sliding_layers(stack)],
         "rope_parameters": {FULL: full, SLIDING: local},
         "final_logit_softcapping": cfg.final_logit_softcapping or None, "attn_logit_softcapping": None,
