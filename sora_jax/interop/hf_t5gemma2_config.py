@@ -154,7 +154,8 @@ def config_from_hf(raw: dict[str, Any], file: Path, *, dtype: str = "float32", p
         enc["vocab_size"] = dec["vocab_size"] = raw["vocab_size"]
     for field in _SHARED:
         if enc[field] != dec[field]:
-            _fail(file, f"decoder.{field}", f"is {dec[field]!r} but encoder.text_config.{field} is {enc[field]!r}",
+            name = "rope_parameters" if field == "rope" else field  # as read: {layer type: (theta, factor)}
+            _fail(file, f"decoder.{name}", f"is {dec[field]!r} but encoder.text_config.{name} is {enc[field]!r}",
                   "Sora's T5Gemma 2 needs the same value in both stacks")
     if 0 not in (enc["sliding_window"], dec["sliding_window"]) and enc["sliding_window"] != dec["sliding_window"]:
         _fail(file, "decoder.sliding_window", f"is {dec['sliding_window']} but encoder.text_config.sliding_window is "
@@ -196,6 +197,10 @@ def config_from_hf(raw: dict[str, Any], file: Path, *, dtype: str = "float32", p
 
 def _text_to_hf(cfg: ModelConfig, stack: str) -> dict[str, Any]:
     sub = cfg.stack(stack)
+    scalar = cfg.query_pre_attn_scalar or cfg.d_kv
+    if scalar != int(scalar):  # transformers 5 types it int
+        raise SoraError(f"query_pre_attn_scalar {scalar} is not a whole number, which transformers' T5Gemma 2 "
+                        "config cannot hold; export a model with a whole-number scalar.")
     local = {"rope_type": "default", "rope_theta": cfg.rope_local_theta or cfg.rope_theta}
     full: dict[str, Any] = {"rope_type": "default", "rope_theta": cfg.rope_theta}
     if cfg.rope_linear_factor:
@@ -206,8 +211,7 @@ def _text_to_hf(cfg: ModelConfig, stack: str) -> dict[str, Any]:
         "num_hidden_layers": getattr(cfg, f"num_{stack}_layers"), "num_attention_heads": sub.num_heads,
         "num_key_value_heads": sub.kv_heads, "head_dim": cfg.d_kv, "hidden_activation": "gelu_pytorch_tanh",
         "rms_norm_eps": cfg.layer_norm_epsilon, "attention_bias": False, "attention_dropout": 0.0,
-        # transformers 5 types it int (a fractional scalar cannot be exported to it).
-        "query_pre_attn_scalar": int(cfg.query_pre_attn_scalar or cfg.d_kv),
+        "query_pre_attn_scalar": int(scalar),
         "sliding_window": cfg.sliding_window or None,
         "layer_types": [SLIDING if s else FULL for s in cfg.sliding_layers(stack)],
         "rope_parameters": {FULL: full, SLIDING: local},
