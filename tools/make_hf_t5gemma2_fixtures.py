@@ -11,6 +11,10 @@ transformers (no missing/unexpected keys) to compare its logits with Sora's. Any
 1e-4 fails.
 
     /work/venv-hf5/bin/python tools/make_hf_t5gemma2_fixtures.py           # fixtures + checks (transformers 5)
+    # A trained run's export against Sora's own logits (the T5Gemma tool writes a run's logits for any family):
+    python tools/make_hf_t5gemma_fixtures.py --sora_workdir WORKDIR FILE.npz
+    sora-export --workdir=WORKDIR --out=DIR
+    /work/venv-hf5/bin/python tools/make_hf_t5gemma2_fixtures.py --check_export DIR --sora_logits FILE.npz
 
 Seeds are fixed, so a rerun with the same versions rewrites the same fixtures.
 """
@@ -203,9 +207,21 @@ def run_sora_export(fixture: Path, export: Path, result: Path) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--sora_export", nargs=3, metavar=("FIXTURE", "EXPORT", "RESULT"), help=argparse.SUPPRESS)
+    parser.add_argument("--check_export", type=Path, help="a Sora export directory to load with transformers")
+    parser.add_argument("--sora_logits", type=Path, help="npz with input_ids, decoder_input_ids, "
+                        "attention masks and export_logits (Sora's logits for the exported params)")
     args = parser.parse_args()
     if args.sora_export:
         run_sora_export(*map(Path, args.sora_export))
+        return
+    if args.check_export:
+        with np.load(args.sora_logits) as data:
+            sora = dict(data)
+        diff = check_export(args.check_export, sora)
+        print(f"{args.check_export}: max |hf - sora| / max |sora| over "
+              f"{int(sora['decoder_attention_mask'].sum())} positions = {diff:.2e}")
+        if diff > TOLERANCE:
+            raise SystemExit(f"the export's logits differ from Sora's by more than {TOLERANCE}")
         return
     failed = False
     for name, spec in VARIANTS.items():
