@@ -235,6 +235,19 @@ def test_export_round_trip(variant, scan, tmp_path):
     assert written["model_type"] == "t5gemma2" and written["architectures"] == ["T5Gemma2ForConditionalGeneration"]
 
 
+def test_the_text_encoders_module_path_is_read_too(tmp_path):
+    # transformers saves model.encoder.layers.* but also loads model.encoder.text_model.layers.* (its module path).
+    directory = broken_copy(tmp_path, "mha_untied")
+    tensors = stored_tensors(directory)
+    renamed = {k.replace("model.encoder.", "model.encoder.text_model.") if not k.startswith(VISION_PREFIXES) else k: v
+               for k, v in tensors.items()}
+    assert sum(k.startswith("model.encoder.text_model.") for k in renamed) > 10
+    save_file(renamed, directory / "model.safetensors", metadata={"format": "pt"})
+    cfg, params, _ = load_hf_t5(directory)
+    a, b = flat(params), flat(imported("mha_untied")[1])
+    assert cfg == imported("mha_untied")[0] and a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+
+
 def test_init_from_takes_architecture_and_gemma_tokenizer():
     config = config_lib.base_config()
     directory = FIXTURES / "gqa_tied_eoi"

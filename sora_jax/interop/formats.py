@@ -45,6 +45,15 @@ class Format:
     tied_copies: Callable[[ModelConfig], dict[str, str]] | None = None
     # Tensors an export adds so that transformers builds the whole model (T5Gemma 2's placeholder vision tower).
     export_extras: Callable[[ModelConfig], dict[str, np.ndarray]] | None = None
+    # (stored prefix, this format's prefix): other spellings transformers also loads.
+    renamed_prefixes: tuple[tuple[str, str], ...] = ()
+
+    def canonical_name(self, stored_name: str) -> str:
+        """The name tensor_specs uses for a tensor stored as `stored_name`."""
+        for old, new in self.renamed_prefixes:
+            if stored_name.startswith(old):
+                return new + stored_name[len(old):]
+        return stored_name
 
     def copies(self, cfg: ModelConfig) -> dict[str, str]:
         """Stored tied copies -> the tensor each must equal."""
@@ -69,7 +78,8 @@ T5GEMMA2 = Format("t5gemma2", hf_t5gemma2_config.config_from_hf, hf_t5gemma2_con
                   hf_t5gemma2_config.generation_config_to_hf, hf_t5gemma2_layout.tensor_specs,
                   hf_t5gemma2_layout.optional_tensors, hf_t5gemma2_layout.ENCODER_EMBED, (),
                   hf_t5gemma2_layout.LM_HEAD, "tokenizer.model", False, hf_t5gemma2_layout.VISION_PREFIXES,
-                  hf_t5gemma2_layout.tied_copies, hf_t5gemma2_layout.placeholder_tensors)
+                  hf_t5gemma2_layout.tied_copies, hf_t5gemma2_layout.placeholder_tensors,
+                  hf_t5gemma2_layout.RENAMED_PREFIXES)
 _BY_MODEL_TYPE = {**dict.fromkeys(hf_t5_config.MODEL_TYPES, T5), hf_t5gemma_config.MODEL_TYPE: T5GEMMA,
                   hf_t5gemma2_config.MODEL_TYPE: T5GEMMA2}
 _BY_FAMILY = {f.family: f for f in (T5, T5GEMMA, T5GEMMA2)}

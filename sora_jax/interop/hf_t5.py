@@ -134,6 +134,8 @@ def _stored_tensors(root: Path) -> dict[str, _Stored]:
 def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], root: Path, fmt: formats.Format) -> dict[str, str]:
     """Checks names, shapes and dtypes against the config; returns HF name -> stored name to read it from."""
     stored = {n: s for n, s in stored.items() if not n.startswith(fmt.skipped_prefixes)}
+    stored_as = {fmt.canonical_name(n): n for n in stored}  # the format's name -> the name it is stored under
+    stored = {name: stored[original] for name, original in stored_as.items()}
     specs = fmt.tensor_specs(cfg)
     expected = {s.hf_name: s.hf_shape for s in specs}
     allowed = {**fmt.optional_tensors(cfg), **expected}
@@ -168,14 +170,14 @@ def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], root: Path, fmt
         if copy not in stored:
             continue
         with safe_open(stored[copy].file, framework="numpy") as f:
-            stored_copy = f.get_tensor(copy)
+            stored_copy = f.get_tensor(stored_as[copy])
         with safe_open(stored[sources[original]].file, framework="numpy") as f:
-            same = np.array_equal(stored_copy, f.get_tensor(sources[original]))
+            same = np.array_equal(stored_copy, f.get_tensor(stored_as[sources[original]]))
         if not same:
             raise SoraError(f"{stored[copy].file}: tensor {copy} differs from {original} but {config_file} "
                             "has tie_word_embeddings true (the default); set \"tie_word_embeddings\": false "
                             "there if the head is a separate matrix.")
-    return sources
+    return {name: stored_as[source] for name, source in sources.items()}
 
 
 def _full_shapes(cfg: ModelConfig, specs: list[TensorSpec], scan_layers: bool) -> dict[LeafPath, tuple[int, ...]]:

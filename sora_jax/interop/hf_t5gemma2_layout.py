@@ -24,6 +24,8 @@ DECODER_EMBED = "model.decoder.embed_tokens.weight"
 DECODER_EOI = "model.decoder.embed_tokens.eoi_embedding"
 LM_HEAD = "lm_head.out_proj.weight"
 VISION_PREFIXES = ("model.encoder.vision_tower.", "model.encoder.multi_modal_projector.")
+# The text encoder's module path, which transformers also loads from (and older saves may have kept).
+RENAMED_PREFIXES = (("model.encoder.text_model.", "model.encoder."),)
 
 # The smallest SigLIP transformers builds (one 14x14 patch, one layer 4 wide, no pooling head) for an export's config.
 PLACEHOLDER_VISION: dict[str, Any] = dict(
