@@ -294,6 +294,8 @@ def test_a_tiny_t5gemma2_learns():
     ({"decoder__use_sliding_attention_everywhere": True},
      r"decoder\.use_sliding_attention_everywhere is a field Sora does not know"),
     ({"encoder__pixel_shuffle": 2}, r"encoder\.pixel_shuffle is a field Sora does not know"),
+    ({"encoder__text_config__use_bidirectional_attention": True},
+     r"encoder\.text_config\.use_bidirectional_attention is true"),
     ({"decoder__rope_parameters__full_attention": {"rope_type": "yarn", "factor": 4.0}},
      r"decoder\.rope_parameters\.full_attention has rope_type 'yarn'"),
     ({"decoder__rope_parameters__sliding_attention": {"rope_type": "linear", "factor": 2.0}},

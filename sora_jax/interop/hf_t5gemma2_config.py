@@ -90,7 +90,10 @@ def _text(raw: Any, file: Path, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
         _fail(file, where.rstrip("."), f"is {type(raw).__name__}, not an object", "use the config.json saved with "
               "the weights")
-    _check_keys(raw, set(TEXT_DEFAULTS) | {"_sliding_window_pattern"}, file, where)
+    _check_keys(raw, set(TEXT_DEFAULTS) | {"_sliding_window_pattern", "use_bidirectional_attention"}, file, where)
+    if raw.get("use_bidirectional_attention"):  # Gemma 3's flag (EmbeddingGemma); T5Gemma 2's configs drop it
+        _fail(file, where + "use_bidirectional_attention", "is true", "T5Gemma 2's stacks decide their own masks; "
+              "remove it")
     values = {**TEXT_DEFAULTS, **raw}
     if values["hidden_activation"] not in TANH_GELUS:
         _fail(file, where + "hidden_activation", f"is {values['hidden_activation']!r}",
