@@ -182,13 +182,10 @@ class MultiHeadAttention(nn.Module):
                 if decode:
                     self.put_variable("cache", "cached_cross_key", cross_k_BSHK.astype(dtype))
                     self.put_variable("cache", "cached_cross_value", cross_v_BSHK.astype(dtype))
-            # One key axis: the decoder's own keys, then the encoder's; each part keeps its own mask.
-            self_mask = jnp.ones((batch, 1, length, k_BSHK.shape[1]), bool) if mask_B1LS is None else mask_B1LS
-            cross_mask = (jnp.ones((batch, 1, length, cross_k_BSHK.shape[1]), bool) if cross_mask_B1LS is None
-                          else cross_mask_B1LS)
+            # One key axis: the decoder's own keys, then the encoder's; each part keeps its own mask (None: all).
             mask_B1LS = jnp.concatenate([
-                jnp.broadcast_to(self_mask, (batch, 1, length, k_BSHK.shape[1])),
-                jnp.broadcast_to(cross_mask, (batch, 1, length, cross_k_BSHK.shape[1]))], axis=-1)
+                jnp.broadcast_to(True if mask is None else mask, (batch, 1, length, keys.shape[1]))
+                for mask, keys in ((mask_B1LS, k_BSHK), (cross_mask_B1LS, cross_k_BSHK))], axis=-1)
             k_BSHK = jnp.concatenate([k_BSHK.astype(dtype), cross_k_BSHK.astype(dtype)], axis=1)
             v_BSHK = jnp.concatenate([v_BSHK.astype(dtype), cross_v_BSHK.astype(dtype)], axis=1)
         elif mask_B1LS is not None:

@@ -99,7 +99,7 @@ class DecoderLayer(nn.Module):
 
 
 def run_layers(parent: nn.Module, layer_cls: type[nn.Module], sliding_layers: tuple[bool, ...],
-                layer_attrs: dict[str, Any], x_BLD: jax.Array, *args: Any) -> jax.Array:
+               layer_attrs: dict[str, Any], x_BLD: jax.Array, *args: Any) -> jax.Array:
     """Applies one layer_cls per entry of sliding_layers (whether that layer attends within a window), scanned (one
     traced body; a mixed pattern becomes a scanned flag) or unrolled, with optional remat. `parent` is the stack."""
     cfg: ModelConfig = parent.config
