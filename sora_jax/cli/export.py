@@ -1,4 +1,4 @@
-"""`sora-export`: a trained run's checkpoint in the Hugging Face layout (T5 or T5Gemma), or with quantized weights.
+"""`sora-export`: a trained run's checkpoint in the Hugging Face layout (T5, T5Gemma, T5Gemma 2) or quantized.
 
     sora-export --workdir=DIR|gs://... --out=DIR [--step=N|best] [--overwrite]
     sora-export --workdir=DIR|gs://... --out=DIR|gs://... --quantize=int8|int4 [--step=N|best] [--overwrite]
@@ -20,7 +20,7 @@ from sora_jax.cli import common
 def main(argv: Sequence[str] | None = None) -> int:
     """Command line entry point (`sora-export`)."""
     parser = argparse.ArgumentParser(prog="sora-export", description="Export a Sora checkpoint to the Hugging Face "
-                                                                     "layout (T5 or T5Gemma).")
+                                                                     "layout (T5, T5Gemma or T5Gemma 2).")
     parser.add_argument("--workdir", required=True, help="a trained Sora workdir (local or gs://)")
     parser.add_argument("--out", required=True, help="output folder (created; local or gs://)")
     parser.add_argument("--overwrite", action="store_true", help="replace the files of an earlier export in --out")

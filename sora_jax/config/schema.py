@@ -62,6 +62,10 @@ MODEL_FIELDS = {
     "encoder_d_ff": int,
     "encoder_num_heads": int,
     "encoder_num_kv_heads": int,
+    # T5Gemma 2 (family "t5gemma2").
+    "rope_local_theta": float,
+    "rope_linear_factor": float,
+    "eoi_id": int,
 }
 
 # Model fields that decide parameter shapes: a workdir's saved value must equal the new one.

@@ -167,12 +167,16 @@ def length_penalty(length: jax.Array | int, alpha: float) -> jax.Array:
     return ((5.0 + jnp.asarray(length, jnp.float32)) / 6.0) ** alpha
 
 
+_PER_INPUT_CACHE = ("cross_attention", "cached_cross_key", "cached_cross_value")
+
+
 def _reorder_cache(cache: Any, parent_F: jax.Array) -> Any:
     """Gathers the per-beam cache rows of the chosen parents (F = B * N rows, batch on axis 0)."""
 
     def gather(path: tuple, leaf: jax.Array) -> jax.Array:
-        # Cross-attention keys/values are identical across a row's beams, so gathering them would be a copy.
-        if leaf.ndim == 0 or any(getattr(key, "key", None) == "cross_attention" for key in path):
+        # Cross-attention keys/values (T5Gemma 2's merged attention keeps them as cached_cross_*) are identical
+        # across a row's beams, so gathering them would be a copy.
+        if leaf.ndim == 0 or any(getattr(key, "key", None) in _PER_INPUT_CACHE for key in path):
             return leaf
         return jnp.take(leaf, parent_F, axis=0)
 

@@ -133,10 +133,13 @@ def _stored_tensors(root: Path) -> dict[str, _Stored]:
 
 def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], root: Path, fmt: formats.Format) -> dict[str, str]:
     """Checks names, shapes and dtypes against the config; returns HF name -> stored name to read it from."""
+    stored = {n: s for n, s in stored.items() if not n.startswith(fmt.skipped_prefixes)}
+    stored_as = {fmt.canonical_name(n): n for n in stored}  # the format's name -> the name it is stored under
+    stored = {name: stored[original] for name, original in stored_as.items()}
     specs = fmt.tensor_specs(cfg)
     expected = {s.hf_name: s.hf_shape for s in specs}
     allowed = {**fmt.optional_tensors(cfg), **expected}
-    shared, lm_head = fmt.embed, fmt.lm_head
+    shared = fmt.embed
     config_file = root / CONFIG_FILE
     wrong_shape = [n for n in allowed if n in stored and stored[n].shape != allowed[n]]  # model order
     if wrong_shape:
@@ -163,16 +166,18 @@ def _check_tensors(cfg: ModelConfig, stored: dict[str, _Stored], root: Path, fmt
         where = root / (WEIGHTS_FILE if (root / WEIGHTS_FILE).is_file() else INDEX_FILE)
         raise SoraError(f"{where}: tensor {missing[0]}{_more(missing)} is missing, but {config_file} describes a "
                         "model that needs it; check that config.json belongs to these weights.")
-    if cfg.tie_word_embeddings and lm_head in stored:
-        with safe_open(stored[lm_head].file, framework="numpy") as f:
-            head = f.get_tensor(lm_head)
-        with safe_open(stored[sources[shared]].file, framework="numpy") as f:
-            same = np.array_equal(head, f.get_tensor(sources[shared]))
+    for copy, original in fmt.copies(cfg).items():
+        if copy not in stored:
+            continue
+        with safe_open(stored[copy].file, framework="numpy") as f:
+            stored_copy = f.get_tensor(stored_as[copy])
+        with safe_open(stored[sources[original]].file, framework="numpy") as f:
+            same = np.array_equal(stored_copy, f.get_tensor(stored_as[sources[original]]))
         if not same:
-            raise SoraError(f"{stored[lm_head].file}: tensor {lm_head} differs from {shared} but {config_file} "
+            raise SoraError(f"{stored[copy].file}: tensor {copy} differs from {original} but {config_file} "
                             "has tie_word_embeddings true (the default); set \"tie_word_embeddings\": false "
                             "there if the head is a separate matrix.")
-    return sources
+    return {name: stored_as[source] for name, source in sources.items()}
 
 
 def _full_shapes(cfg: ModelConfig, specs: list[TensorSpec], scan_layers: bool) -> dict[LeafPath, tuple[int, ...]]:
@@ -336,6 +341,8 @@ def save_hf_t5(
             host[path] = _to_host(flat[path])
         array = host[path][spec.layer] if scanned and spec.layer is not None else host[path]
         tensors[spec.hf_name] = to_hf(spec, array, cfg)
+    if fmt.export_extras is not None:
+        tensors.update(fmt.export_extras(cfg))
     if jax.process_index() != 0:
         return
     out = paths.as_path(directory)  # A local folder or a bucket URL.

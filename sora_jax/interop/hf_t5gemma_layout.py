@@ -15,14 +15,15 @@ DECODER_EMBED = "model.decoder.embed_tokens.weight"
 LM_HEAD = "lm_head.out_proj.weight"
 
 # HF sublayer -> Sora sublayer, and HF norm -> Sora norm.
-_NORMS = {"pre_self_attn_layernorm": "self_attention_norm", "post_self_attn_layernorm": "self_attention_post_norm",
+NORMS = {"pre_self_attn_layernorm": "self_attention_norm", "post_self_attn_layernorm": "self_attention_post_norm",
           "pre_cross_attn_layernorm": "cross_attention_norm", "post_cross_attn_layernorm": "cross_attention_post_norm",
           "pre_feedforward_layernorm": "mlp_norm", "post_feedforward_layernorm": "mlp_post_norm"}
-_MLP = {"gate_proj": "wi_0", "up_proj": "wi_1", "down_proj": "wo"}
+MLP = {"gate_proj": "wi_0", "up_proj": "wi_1", "down_proj": "wo"}
 
 
-def _attention(cfg: ModelConfig, prefix: str, stack: str, layer: int, sora_name: str,
-               source_width: int) -> list[TensorSpec]:
+def attention_specs(cfg: ModelConfig, prefix: str, stack: str, layer: int, sora_name: str,
+                    source_width: int) -> list[TensorSpec]:
+    """q/k/v/o of one attention module `prefix` (keys and values read `source_width`-wide inputs)."""
     d, h, g, k = cfg.d_model, cfg.num_heads, cfg.kv_heads, cfg.d_kv
     spec = [TensorSpec(f"{prefix}.q_proj.weight", (h * k, d), HEADS_IN, stack, layer, (sora_name, "q", "kernel"),
                        (d, h, k))]
@@ -37,14 +38,14 @@ def _layer(model_cfg: ModelConfig, stack: str, layer: int) -> list[TensorSpec]:
     cfg = model_cfg.stack(stack)
     d, f = cfg.d_model, cfg.d_ff
     block = f"model.{stack}.layers.{layer}"
-    specs = _attention(cfg, f"{block}.self_attn", stack, layer, "self_attention", d)
+    specs = attention_specs(cfg, f"{block}.self_attn", stack, layer, "self_attention", d)
     if stack == "decoder":
-        specs += _attention(cfg, f"{block}.cross_attn", stack, layer, "cross_attention",
+        specs += attention_specs(cfg, f"{block}.cross_attn", stack, layer, "cross_attention",
                             model_cfg.stack("encoder").d_model)
-    for hf_norm, sora_norm in _NORMS.items():
+    for hf_norm, sora_norm in NORMS.items():
         if "cross" not in hf_norm or stack == "decoder":
             specs.append(TensorSpec(f"{block}.{hf_norm}.weight", (d,), COPY, stack, layer, (sora_norm, "scale")))
-    for hf_name, sora_name in _MLP.items():
+    for hf_name, sora_name in MLP.items():
         shape = (d, f) if hf_name == "down_proj" else (f, d)
         specs.append(TensorSpec(f"{block}.mlp.{hf_name}.weight", shape, DENSE, stack, layer,
                                 ("mlp", sora_name, "kernel")))

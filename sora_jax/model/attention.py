@@ -1,5 +1,7 @@
 """Multi-head attention with a KV cache: T5's convention (no biases, no 1/sqrt(d_kv) scaling, relative position
-bias) or T5Gemma's (RoPE, grouped-query heads, query_pre_attn_scalar**-0.5 scaling, optional logit soft-capping)."""
+bias), T5Gemma's (RoPE, grouped-query heads, query_pre_attn_scalar**-0.5 scaling, optional logit soft-capping) or
+T5Gemma 2's (T5Gemma's with queries and keys RMS-normalised per head, and the decoder's merged attention: one
+softmax over its own keys and the encoder's)."""
 
 from __future__ import annotations
 
@@ -8,7 +10,7 @@ import jax
 import jax.numpy as jnp
 
 from sora_jax.model.config import ModelConfig
-from sora_jax.model.layers import ACT_BLD, apply_rope, param_with_axes, soft_cap
+from sora_jax.model.layers import ACT_BLD, RMSNorm, apply_rope, param_with_axes, soft_cap
 
 ACT_BLHK = ("batch", "length", "heads", "kv")
 ACT_BLGK = ("batch", "length", "kv_heads", "kv")
@@ -69,10 +71,15 @@ class MultiHeadAttention(nn.Module):
         mask must hide the slots after the current position.
       * cross-attention: the encoder's keys/values are projected once on the first decode call and reused
         by every later step, so steps never re-project the encoder output.
+      * merged (T5Gemma 2's decoder): both; the encoder's keys/values are `cached_cross_key` / `cached_cross_value`.
+
+    merged: self-attention whose keys/values are followed by the encoder's (`cross_BSD`, projected by the same k/v
+    kernels and key norm, without RoPE), all under one softmax; `cross_mask_B1LS` masks the encoder's part.
     """
 
     config: ModelConfig
     is_cross_attention: bool = False
+    merged: bool = False
 
     def _projection(self, features: tuple[int, ...] | int, axis: int | tuple[int, ...],
                     axes: tuple[str, ...], stddev: float, name: str) -> nn.Module:
@@ -92,6 +99,8 @@ class MultiHeadAttention(nn.Module):
         decode: bool = False,
         decode_index: jax.Array | None = None,
         cache_length: int | None = None,
+        cross_BSD: jax.Array | None = None,
+        cross_mask_B1LS: jax.Array | None = None,
     ) -> jax.Array:
         """Attends queries from x [B, L, D] to keys/values from kv [B, S, D] -> [B, L, D].
 
@@ -111,16 +120,25 @@ class MultiHeadAttention(nn.Module):
         # logits by query_pre_attn_scalar**-0.5 instead, so its query gets the plain fan-in init.
         q_std = cfg.d_model**-0.5 if cfg.is_t5gemma else (cfg.d_model * cfg.d_kv) ** -0.5
         q_BLHK = self._projection(heads_kv, -1, ("embed", "heads", "kv"), q_std, "q")(x_BLD)
+        # T5Gemma 2 normalises each head's query and key before RoPE (Gemma 3's QK-norm).
+        qk_norm = cfg.is_t5gemma2
+        if qk_norm:
+            q_BLHK = RMSNorm(cfg, axis="kv", name="q_norm")(q_BLHK)
         if rope_sin_cos is not None:
             q_BLHK = apply_rope(q_BLHK, *rope_sin_cos)
         q_BLHK = nn.with_logical_constraint(q_BLHK, ACT_BLHK)
+        kv_std = kv_BSD.shape[-1] ** -0.5
+        k_proj = self._projection(kv_shape, -1, ("embed", *kv_axes), kv_std, "k")
+        v_proj = self._projection(kv_shape, -1, ("embed", *kv_axes), kv_std, "v")
+        k_norm = RMSNorm(cfg, axis="kv", name="k_norm") if qk_norm else None
 
-        def project_kv(source_BSD: jax.Array) -> tuple[jax.Array, jax.Array]:
-            std = source_BSD.shape[-1] ** -0.5
-            k_BSHK = self._projection(kv_shape, -1, ("embed", *kv_axes), std, "k")(source_BSD)
-            v_BSHK = self._projection(kv_shape, -1, ("embed", *kv_axes), std, "v")(source_BSD)
-            if rope_sin_cos is not None:
-                k_BSHK = apply_rope(k_BSHK, *rope_sin_cos)
+        def project_kv(source_BSD: jax.Array, rope: tuple[jax.Array, jax.Array] | None = rope_sin_cos,
+                       ) -> tuple[jax.Array, jax.Array]:
+            k_BSHK, v_BSHK = k_proj(source_BSD), v_proj(source_BSD)
+            if k_norm is not None:
+                k_BSHK = k_norm(k_BSHK)
+            if rope is not None:
+                k_BSHK = apply_rope(k_BSHK, *rope)
             return (nn.with_logical_constraint(k_BSHK, act_kv),
                     nn.with_logical_constraint(v_BSHK, act_kv))
 
@@ -152,10 +170,26 @@ class MultiHeadAttention(nn.Module):
         else:
             k_BSHK, v_BSHK = project_kv(kv_BSD)
 
-        if mask_B1LS is not None:
-            mask_B1LS = jnp.broadcast_to(
-                mask_B1LS, (x_BLD.shape[0], 1, q_BLHK.shape[1], k_BSHK.shape[1])
-            )
+        batch, length = x_BLD.shape[0], q_BLHK.shape[1]
+        if self.merged:
+            if cross_BSD is None:
+                raise ValueError("merged attention needs cross_BSD (the encoder output).")
+            if decode and self.has_variable("cache", "cached_cross_key"):
+                cross_k_BSHK = self.get_variable("cache", "cached_cross_key")
+                cross_v_BSHK = self.get_variable("cache", "cached_cross_value")
+            else:
+                cross_k_BSHK, cross_v_BSHK = project_kv(cross_BSD, rope=None)
+                if decode:
+                    self.put_variable("cache", "cached_cross_key", cross_k_BSHK.astype(dtype))
+                    self.put_variable("cache", "cached_cross_value", cross_v_BSHK.astype(dtype))
+            # One key axis: the decoder's own keys, then the encoder's; each part keeps its own mask (None: all).
+            mask_B1LS = jnp.concatenate([
+                jnp.broadcast_to(True if mask is None else mask, (batch, 1, length, keys.shape[1]))
+                for mask, keys in ((mask_B1LS, k_BSHK), (cross_mask_B1LS, cross_k_BSHK))], axis=-1)
+            k_BSHK = jnp.concatenate([k_BSHK.astype(dtype), cross_k_BSHK.astype(dtype)], axis=1)
+            v_BSHK = jnp.concatenate([v_BSHK.astype(dtype), cross_v_BSHK.astype(dtype)], axis=1)
+        elif mask_B1LS is not None:
+            mask_B1LS = jnp.broadcast_to(mask_B1LS, (batch, 1, length, k_BSHK.shape[1]))
         # scale=1.0: T5 folds the 1/sqrt(d_kv) into the query init instead of scaling logits.
         scale = (cfg.query_pre_attn_scalar or cfg.d_kv) ** -0.5 if cfg.is_t5gemma else 1.0
         if cfg.attn_logit_softcapping:

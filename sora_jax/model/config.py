@@ -14,7 +14,10 @@ FEED_FORWARD_PROJS = ("relu", "gated-gelu")
 # "t5": relative position bias, pre-norm only, one embedding shared by both stacks. "t5gemma": Gemma 2 blocks (RoPE,
 # grouped-query attention, (1 + w) RMSNorm before and after each sublayer, embeddings scaled by sqrt(width), one
 # embedding per stack, optional soft-capping and sliding windows) and an encoder that may be wider than the decoder.
-FAMILIES = ("t5", "t5gemma")
+# "t5gemma2": Gemma 3 blocks, as T5Gemma's but with QK-norm instead of attention soft-capping, separate RoPE settings
+# for sliding and global layers (5 sliding : 1 global by default), one embedding shared by both stacks and the head
+# (plus the end-of-image row `eoi_embedding`), and the decoder's self- and cross-attention merged into one softmax.
+FAMILIES = ("t5", "t5gemma", "t5gemma2")
 FULL, SLIDING = "full_attention", "sliding_attention"
 LAYER_TYPES = (FULL, SLIDING)
 DTYPES = ("float32", "bfloat16", "float16")
@@ -111,7 +114,39 @@ PRESETS["t5gemma_tiny"] = dict(
 )
 
 
-_T5GEMMA_ONLY = ("num_kv_heads", "rope_theta", "query_pre_attn_scalar", "attn_logit_softcapping",
+# T5Gemma 2's released sizes (google/t5gemma-2-270m-270m, -1b-1b, -4b-4b): each stack has the shapes of the Gemma 3
+# model it was adapted from (google/gemma-3-270m, -1b-pt, -4b-pt config.json: widths, heads, head_dim 256,
+# query_pre_attn_scalar 256, windows of 512 / 512 / 1024, RoPE 1e6 global / 1e4 local, linear scaling x8 on the 4B's
+# global layers), vocab 262144, tied embeddings, no soft-capping. Not confirmed against the T5Gemma 2 config.json files
+# themselves (gated, not reachable from here): check vocab_size, the windows and the 4B's RoPE scaling there.
+_T5GEMMA2_COMMON: dict[str, Any] = dict(
+    family="t5gemma2", vocab_size=262144, feed_forward_proj="gated-gelu", tie_word_embeddings=True, d_kv=256,
+    query_pre_attn_scalar=256.0, rope_theta=1_000_000.0, rope_local_theta=10_000.0, dropout_rate=0.0, pad_id=0,
+    eos_id=1, decoder_start_id=2, eoi_id=256000,
+)
+_GEMMA3_STACKS: dict[str, dict[str, Any]] = {
+    "270m": dict(d_model=640, d_ff=2048, num_heads=4, num_kv_heads=1, layers=18, sliding_window=512),
+    "1b": dict(d_model=1152, d_ff=6912, num_heads=4, num_kv_heads=1, layers=26, sliding_window=512),
+    "4b": dict(d_model=2560, d_ff=10240, num_heads=8, num_kv_heads=4, layers=34, sliding_window=1024,
+               rope_linear_factor=8.0),
+}
+for _size, _stack in _GEMMA3_STACKS.items():
+    _shape = {k: v for k, v in _stack.items() if k != "layers"}
+    PRESETS[f"t5gemma2_{_size}_{_size}"] = dict(_T5GEMMA2_COMMON, **_shape, num_encoder_layers=_stack["layers"],
+                                                num_decoder_layers=_stack["layers"])
+# Every T5Gemma 2 feature on a CPU-sized model (configs can train it from scratch): GQA, both layer types in each stack
+# (window 16), both RoPE settings, a deeper encoder. vocab_size comes from the tokenizer.
+PRESETS["t5gemma2_tiny"] = dict(
+    family="t5gemma2", d_model=128, d_ff=256, encoder_d_ff=320, num_heads=4, num_kv_heads=2, d_kv=32,
+    num_encoder_layers=3, num_decoder_layers=2, query_pre_attn_scalar=32.0, sliding_window=16,
+    encoder_layer_types=("sliding_attention", "sliding_attention", "full_attention"),
+    decoder_layer_types=("sliding_attention", "full_attention"), rope_theta=10_000.0, rope_local_theta=1_000.0,
+    dropout_rate=0.0, decoder_start_id=2, tie_word_embeddings=True,
+)
+
+
+_T5GEMMA2_ONLY = ("rope_local_theta", "rope_linear_factor", "eoi_id")
+_T5GEMMA_ONLY = _T5GEMMA2_ONLY + ("num_kv_heads", "rope_theta", "query_pre_attn_scalar", "attn_logit_softcapping",
                  "final_logit_softcapping", "sliding_window", "encoder_layer_types", "decoder_layer_types",
                  "encoder_d_model", "encoder_d_ff", "encoder_num_heads", "encoder_num_kv_heads")
 
@@ -156,12 +191,17 @@ class ModelConfig:
     attn_logit_softcapping: float = 0.0  # cap * tanh(logits / cap) on attention logits; 0 = off
     final_logit_softcapping: float = 0.0  # the same on the output logits; 0 = off
     sliding_window: int = 0  # keys within this distance of the query for sliding layers
-    encoder_layer_types: tuple[str, ...] = ()  # () = sliding/full alternating (Gemma 2) with a window, else full
+    # () = with a window, sliding/full alternating (T5Gemma) or five sliding then one full (T5Gemma 2); else full
+    encoder_layer_types: tuple[str, ...] = ()
     decoder_layer_types: tuple[str, ...] = ()
     encoder_d_model: int = 0  # an encoder of another size than the decoder (T5Gemma 9B-2B); 0 = the decoder's
     encoder_d_ff: int = 0
     encoder_num_heads: int = 0
     encoder_num_kv_heads: int = 0
+    # T5Gemma 2 only (family="t5gemma2").
+    rope_local_theta: float = 0.0  # RoPE base of sliding layers; 0 = rope_theta (which then is the global layers')
+    rope_linear_factor: float = 0.0  # global layers divide positions by it (linear RoPE scaling); 0 = none
+    eoi_id: int = -1  # the end-of-image token, embedded by its own `eoi_embedding` row; -1 = none
 
     def __post_init__(self) -> None:
         for name in ("vocab_size", "d_model", "num_heads", "d_kv", "d_ff", "num_encoder_layers",
@@ -220,6 +260,13 @@ class ModelConfig:
             if gemma_only:
                 _fail(gemma_only[0], "is set but family is \"t5\"", "set family=\"t5gemma\" or leave it unset")
             return
+        if self.family == "t5gemma":
+            gemma3_only = [f.name for f in dataclasses.fields(self)
+                           if f.name in _T5GEMMA2_ONLY and getattr(self, f.name) != f.default]
+            if gemma3_only:
+                _fail(gemma3_only[0], "is set but family is \"t5gemma\"", "set family=\"t5gemma2\" or leave it unset")
+        else:
+            self._check_t5gemma2()
         if self.feed_forward_proj != "gated-gelu":
             _fail("feed_forward_proj", f"is {self.feed_forward_proj!r} but T5Gemma's MLP is GeGLU",
                   "use \"gated-gelu\"")
@@ -242,10 +289,35 @@ class ModelConfig:
             if SLIDING in types and not self.sliding_window:
                 _fail("sliding_window", f"is 0 but {stack}_layer_types has sliding layers", "set the window size")
 
+    def _check_t5gemma2(self) -> None:
+        for name in ("rope_local_theta", "rope_linear_factor"):
+            value = getattr(self, name)
+            if not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0:
+                _fail(name, f"must be a number >= 0, got {value!r}", "use 0 for the default")
+        if not _is_int(self.eoi_id) or self.eoi_id < -1:
+            _fail("eoi_id", f"must be a token id or -1, got {self.eoi_id!r}", "use -1 when there is none")
+        if self.attn_logit_softcapping:
+            _fail("attn_logit_softcapping", "is set but T5Gemma 2 normalises queries and keys instead (transformers "
+                  "ignores the cap too)", "leave it 0")
+        if self.encoder_d_model not in (0, self.d_model):
+            _fail("encoder_d_model", f"is {self.encoder_d_model} but T5Gemma 2 ties the encoder's embedding to the "
+                  f"decoder's (d_model {self.d_model})", "leave it 0")
+
     @property
     def is_t5gemma(self) -> bool:
-        """Gemma 2 blocks (see FAMILIES)."""
-        return self.family == "t5gemma"
+        """Gemma blocks: T5Gemma (Gemma 2) or T5Gemma 2 (Gemma 3); see FAMILIES."""
+        return self.family in ("t5gemma", "t5gemma2")
+
+    @property
+    def is_t5gemma2(self) -> bool:
+        """Gemma 3 blocks (see FAMILIES): QK-norm, per-layer-type RoPE, merged decoder attention."""
+        return self.family == "t5gemma2"
+
+    @property
+    def shares_embedding(self) -> bool:
+        """One embedding table for both stacks: T5 always, T5Gemma 2 when tied (untied, each stack and the head have
+        their own, as in T5Gemma)."""
+        return self.family == "t5" or (self.is_t5gemma2 and self.tie_word_embeddings)
 
     @property
     def kv_heads(self) -> int:
@@ -269,8 +341,9 @@ class ModelConfig:
         """Per layer of stack `name`: whether it attends within `sliding_window` only."""
         layers = getattr(self, f"num_{name}_layers")
         types = getattr(self, f"{name}_layer_types")
-        if not types:
-            types = tuple(SLIDING if i % 2 == 0 and self.sliding_window else FULL for i in range(layers))
+        if not types:  # Gemma 2: sliding, full, ...; Gemma 3: five sliding, then one full
+            period = 6 if self.is_t5gemma2 else 2
+            types = tuple(SLIDING if (i + 1) % period and self.sliding_window else FULL for i in range(layers))
         return tuple(t == SLIDING for t in types)
 
     @classmethod

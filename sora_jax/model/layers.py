@@ -22,15 +22,17 @@ def param_with_axes(init: nn.initializers.Initializer, axes: tuple[str, ...]) ->
 
 class RMSNorm(nn.Module):
     """T5 layer norm: scale only, no bias and no mean subtraction; statistics in float32. T5Gemma stores the scale
-    as an offset from 1 (multiplies by 1 + w, w initialised to 0), as Gemma does."""
+    as an offset from 1 (multiplies by 1 + w, w initialised to 0), as Gemma does. Normalises the last axis, whose
+    logical name is `axis` (T5Gemma 2's QK-norm normalises each head's "kv" features)."""
 
     config: ModelConfig
+    axis: str = "embed"
 
     @nn.compact
     def __call__(self, x_BLD: jax.Array) -> jax.Array:
         cfg = self.config
         init = nn.initializers.zeros if cfg.is_t5gemma else nn.initializers.ones
-        scale_D = self.param("scale", param_with_axes(init, ("embed",)), (x_BLD.shape[-1],), cfg.params_dtype)
+        scale_D = self.param("scale", param_with_axes(init, (self.axis,)), (x_BLD.shape[-1],), cfg.params_dtype)
         if cfg.is_t5gemma:
             scale_D = 1.0 + jnp.asarray(scale_D, jnp.float32)
         # bfloat16 has too few mantissa bits for a stable mean of squares, so normalise in float32.
@@ -43,7 +45,8 @@ class RMSNorm(nn.Module):
 
 class Embed(nn.Module):
     """Token embedding (T5: shared by encoder and decoder; T5Gemma: one per stack); `attend` reuses the table as a
-    tied LM head. T5Gemma multiplies the looked-up rows by sqrt(width)."""
+    tied LM head. T5Gemma multiplies the looked-up rows by sqrt(width). T5Gemma 2 also has an `eoi_embedding` row
+    that replaces (unscaled) the embedding of the end-of-image token `eoi_id`, as transformers does."""
 
     config: ModelConfig
 
@@ -57,6 +60,9 @@ class Embed(nn.Module):
             (cfg.vocab_size, cfg.d_model),
             cfg.params_dtype,
         )
+        if cfg.is_t5gemma2:
+            self.eoi_embedding = self.param("eoi_embedding", param_with_axes(nn.initializers.zeros, ("embed",)),
+                                            (cfg.d_model,), cfg.params_dtype)
 
     def __call__(self, tokens_BL: jax.Array) -> jax.Array:
         """Looks up token ids [B, L] -> embeddings [B, L, D] in the compute dtype."""
@@ -66,6 +72,9 @@ class Embed(nn.Module):
         if self.config.is_t5gemma:
             # The normaliser is rounded to the compute dtype first, as Gemma does (sqrt(2304) is 48 in bfloat16).
             x_BLD = x_BLD * jnp.asarray(self.config.d_model**0.5, dtype)
+        if self.config.is_t5gemma2 and self.config.eoi_id >= 0:
+            is_eoi_BL1 = (tokens_BL == self.config.eoi_id)[..., None]
+            x_BLD = jnp.where(is_eoi_BL1, jnp.asarray(self.eoi_embedding, dtype), x_BLD)
         return nn.with_logical_constraint(x_BLD, ACT_BLD)
 
     def attend(self, y_BLD: jax.Array) -> jax.Array:
@@ -108,9 +117,13 @@ class MLP(nn.Module):
         return nn.with_logical_constraint(y_BLD, ACT_BLD)
 
 
-def rope_sin_cos(positions_BL: jax.Array, head_dim: int, theta: float) -> tuple[jax.Array, jax.Array]:
-    """Rotary embedding angles of positions [B or 1, L] -> (sin, cos) [B or 1, L, head_dim // 2] in float32."""
+def rope_sin_cos(positions_BL: jax.Array, head_dim: int, theta: float,
+                 linear_factor: float = 0.0) -> tuple[jax.Array, jax.Array]:
+    """Rotary embedding angles of positions [B or 1, L] -> (sin, cos) [B or 1, L, head_dim // 2] in float32.
+    linear_factor (linear RoPE scaling, 0 = none) divides the frequencies, as transformers' "linear" type does."""
     inv_freq_K = 1.0 / (theta ** (jnp.arange(0, head_dim, 2, dtype=jnp.float32) / head_dim))
+    if linear_factor:
+        inv_freq_K = inv_freq_K / linear_factor
     angles_BLK = positions_BL.astype(jnp.float32)[..., None] * inv_freq_K
     return jnp.sin(angles_BLK), jnp.cos(angles_BLK)
 

@@ -29,10 +29,15 @@ def causal_mask(q_positions_BL: jax.Array, k_positions_BS: jax.Array) -> jax.Arr
     return k_positions_BS[:, None, None, :] <= q_positions_BL[:, None, :, None]
 
 
-def window_mask(q_index_BL: jax.Array, k_index_BS: jax.Array, window: int, bidirectional: bool) -> jax.Array:
+def window_mask(q_index_BL: jax.Array, k_index_BS: jax.Array, window: int, bidirectional: bool,
+                split: bool = False) -> jax.Array:
     """Sliding-window attention: keys less than `window` indices before the query (and after it when
-    bidirectional, as T5Gemma's encoder does) -> [B or 1, 1, Lq, Lk]. Combine with the causal mask for a decoder."""
+    bidirectional, as T5Gemma's encoder does) -> [B or 1, 1, Lq, Lk]. Combine with the causal mask for a decoder.
+    split (bidirectional only; T5Gemma 2's encoder): `window` keys in all, the query, (window - 1) // 2 before it and
+    window // 2 after it."""
     distance_BLS = q_index_BL[:, None, :, None] - k_index_BS[:, None, None, :]
+    if split:
+        return (distance_BLS < (window + 1) // 2) & (-distance_BLS <= window // 2)
     if bidirectional:
         distance_BLS = jnp.abs(distance_BLS)
     return distance_BLS < window

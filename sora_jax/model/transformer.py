@@ -17,22 +17,23 @@ family="t5gemma" (Gemma 2 blocks; see ModelConfig) changes the tree as Hugging F
   encoder/embed/embedding, decoder/embed/embedding (one table per stack, as wide as the stack), no relpos_bias,
   and every sublayer's output normalised again: self_attention_post_norm, cross_attention_post_norm,
   mlp_post_norm beside the pre-norms above. The encoder's layers may be wider than the decoder's (cfg.stack).
+
+family="t5gemma2" (Gemma 3 blocks) as "t5gemma", but: shared/embedding and shared/eoi_embedding when tied (else
+one embed per stack as above, each with its eoi_embedding); self_attention/{q_norm,k_norm}/scale (QK-norm); the
+decoder has no cross_attention(_norm, _post_norm): its self_attention also attends to the encoder output.
 """
 
 from __future__ import annotations
-
-from typing import Any
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
 from sora_jax.model import masks
-from sora_jax.model.attention import MultiHeadAttention
+from sora_jax.model.blocks import DecoderLayer, EncoderLayer, Ropes, run_layers
 from sora_jax.model.config import ModelConfig
 from sora_jax.model.layers import (
     ACT_BLD,
-    MLP,
     Embed,
     LMHead,
     RelativePositionBias,
@@ -41,109 +42,14 @@ from sora_jax.model.layers import (
     soft_cap,
 )
 
-Masks = tuple[jax.Array | None, jax.Array | None]  # (every layer's mask, a sliding layer's mask or None)
-Rope = tuple[jax.Array, jax.Array] | None
 
-
-def _layer_mask(sliding: Any, masks_: Masks) -> jax.Array | None:
-    """The mask of one layer: `sliding` is None (no windows), a Python bool (unrolled layers) or a traced bool (the
-    scanned layer's row of the per-layer flags)."""
-    full, window = masks_
-    if sliding is None or sliding is False or window is None:
-        return full
-    if sliding is True:
-        return window
-    return jnp.where(sliding, window, full)
-
-
-def _sublayer(cfg: ModelConfig, name: str, h_BLD: jax.Array) -> jax.Array:
-    """T5Gemma normalises each sublayer's output before the residual add (Gemma 2's post-norms); T5 does not."""
-    return RMSNorm(cfg, name=f"{name}_post_norm")(h_BLD) if cfg.is_t5gemma else h_BLD
-
-
-class EncoderLayer(nn.Module):
-    """x + drop(self_attn(norm(x))), then x + drop(mlp(norm(x)))."""
-
-    config: ModelConfig
-    deterministic: bool = True
-
-    @nn.compact
-    def __call__(self, x_BLD: jax.Array, sliding: Any, masks_: Masks, bias_BHLL: jax.Array | None,
-                 rope: Rope) -> tuple[jax.Array, None]:
-        """Returns (x, None): the (carry, output) pair nn.scan expects, also used unscanned for one shape."""
-        cfg = self.config
-        drop = nn.Dropout(cfg.dropout_rate)
-        h_BLD = RMSNorm(cfg, name="self_attention_norm")(x_BLD)
-        h_BLD = MultiHeadAttention(cfg, name="self_attention")(
-            h_BLD, h_BLD, mask_B1LS=_layer_mask(sliding, masks_), bias_BHLS=bias_BHLL, rope_sin_cos=rope,
-            deterministic=self.deterministic
-        )
-        x_BLD = x_BLD + drop(_sublayer(cfg, "self_attention", h_BLD), deterministic=self.deterministic)
-        h_BLD = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD), deterministic=self.deterministic)
-        x_BLD = x_BLD + drop(_sublayer(cfg, "mlp", h_BLD), deterministic=self.deterministic)
-        return nn.with_logical_constraint(x_BLD, ACT_BLD), None
-
-
-class DecoderLayer(nn.Module):
-    """Causal self-attention, cross-attention to the encoder output, then the MLP; each pre-norm."""
-
-    config: ModelConfig
-    deterministic: bool = True
-    decode: bool = False
-    cache_length: int | None = None
-
-    @nn.compact
-    def __call__(self, x_BLD: jax.Array, sliding: Any, encoded_BSD: jax.Array, self_masks: Masks,
-                 self_bias_BHLL: jax.Array | None, rope: Rope, cross_mask_B1LS: jax.Array | None,
-                 decode_index: jax.Array | None) -> tuple[jax.Array, None]:
-        """Returns (x, None) like EncoderLayer."""
-        cfg = self.config
-        det = self.deterministic
-        drop = nn.Dropout(cfg.dropout_rate)
-        h_BLD = RMSNorm(cfg, name="self_attention_norm")(x_BLD)
-        h_BLD = MultiHeadAttention(cfg, name="self_attention")(
-            h_BLD, h_BLD, mask_B1LS=_layer_mask(sliding, self_masks), bias_BHLS=self_bias_BHLL, rope_sin_cos=rope,
-            deterministic=det, decode=self.decode, decode_index=decode_index, cache_length=self.cache_length,
-        )
-        x_BLD = x_BLD + drop(_sublayer(cfg, "self_attention", h_BLD), deterministic=det)
-        h_BLD = RMSNorm(cfg, name="cross_attention_norm")(x_BLD)
-        h_BLD = MultiHeadAttention(cfg, is_cross_attention=True, name="cross_attention")(
-            h_BLD, encoded_BSD, mask_B1LS=cross_mask_B1LS, deterministic=det, decode=self.decode
-        )
-        x_BLD = x_BLD + drop(_sublayer(cfg, "cross_attention", h_BLD), deterministic=det)
-        h_BLD = MLP(cfg, name="mlp")(RMSNorm(cfg, name="mlp_norm")(x_BLD), deterministic=det)
-        x_BLD = x_BLD + drop(_sublayer(cfg, "mlp", h_BLD), deterministic=det)
-        return nn.with_logical_constraint(x_BLD, ACT_BLD), None
-
-
-def _run_layers(parent: nn.Module, layer_cls: type[nn.Module], sliding_layers: tuple[bool, ...],
-                layer_attrs: dict[str, Any], x_BLD: jax.Array, *args: Any) -> jax.Array:
-    """Applies one layer_cls per entry of sliding_layers (whether that layer attends within a window), scanned (one
-    traced body; a mixed pattern becomes a scanned flag) or unrolled, with optional remat."""
-    cfg: ModelConfig = parent.config
-    num_layers = len(sliding_layers)
-    mixed = len(set(sliding_layers)) > 1
-    cls = layer_cls
-    if cfg.remat_policy != "none":
-        # Under scan, CSE across iterations cannot happen, so prevent_cse would only block optimisations.
-        cls = nn.remat(cls, policy=cfg.remat_fn_policy, prevent_cse=not cfg.scan_layers)
-    if cfg.scan_layers:
-        cls = nn.scan(
-            cls,
-            # Cache leaves stack on axis 1 so every cache array keeps batch first (beam search can gather
-            # along axis 0 without knowing whether layers are scanned).
-            variable_axes={"params": 0, "cache": 1},
-            split_rngs={"params": True, "dropout": True},
-            in_axes=(0 if mixed else nn.broadcast,) + (nn.broadcast,) * len(args),
-            length=num_layers,
-            metadata_params={nn.PARTITION_NAME: "layers"},
-        )
-        sliding = jnp.asarray(sliding_layers) if mixed else sliding_layers[0]
-        x_BLD, _ = cls(cfg, **layer_attrs, parent=parent, name="layers")(x_BLD, sliding, *args)
-        return x_BLD
-    for i in range(num_layers):
-        x_BLD, _ = cls(cfg, **layer_attrs, parent=parent, name=f"layers_{i}")(x_BLD, sliding_layers[i], *args)
-    return x_BLD
+def _ropes(cfg: ModelConfig, positions_BL: jax.Array) -> Ropes:
+    """RoPE angles of global layers and, when T5Gemma 2 gives sliding layers their own base, of sliding layers."""
+    full = rope_sin_cos(positions_BL, cfg.d_kv, cfg.rope_theta, cfg.rope_linear_factor)
+    local = None
+    if cfg.is_t5gemma2 and any(cfg.sliding_layers("encoder") + cfg.sliding_layers("decoder")):
+        local = rope_sin_cos(positions_BL, cfg.d_kv, cfg.rope_local_theta or cfg.rope_theta)
+    return full, local
 
 
 def _positions(tokens_BL: jax.Array, positions_BL: jax.Array | None) -> jax.Array:
@@ -173,17 +79,19 @@ class EncoderStack(nn.Module):
         if segment_ids_BL is not None:
             mask_B1LL = masks.combine_masks(mask_B1LL, masks.segment_mask(segment_ids_BL, segment_ids_BL))
         sliding_layers = cfg.sliding_layers("encoder")
-        bias_BHLL = rope = window_B1LL = None
+        bias_BHLL = window_B1LL = None
+        ropes: Ropes = (None, None)
         if cfg.is_t5gemma:
-            rope = rope_sin_cos(positions_BL, cfg.d_kv, cfg.rope_theta)
+            ropes = _ropes(cfg, positions_BL)
             if any(sliding_layers):
                 index_1L = jnp.arange(tokens_BL.shape[1], dtype=jnp.int32)[None, :]
-                window_B1LL = masks.combine_masks(
-                    mask_B1LL, masks.window_mask(index_1L, index_1L, cfg.sliding_window, bidirectional=True))
+                # T5Gemma: |distance| < window; T5Gemma 2: `window` keys around the query (split as transformers does).
+                window_B1LL = masks.combine_masks(mask_B1LL, masks.window_mask(
+                    index_1L, index_1L, cfg.sliding_window, bidirectional=True, split=cfg.is_t5gemma2))
         else:
             bias_BHLL = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")(positions_BL, positions_BL)
-        x_BLD = _run_layers(self, EncoderLayer, sliding_layers, {"deterministic": deterministic},
-                            x_BLD, (mask_B1LL, window_B1LL), bias_BHLL, rope)
+        x_BLD = run_layers(self, EncoderLayer, sliding_layers, {"deterministic": deterministic},
+                           x_BLD, (mask_B1LL, window_B1LL), bias_BHLL, ropes)
         x_BLD = RMSNorm(cfg, name="final_norm")(x_BLD)
         return nn.with_logical_constraint(drop(x_BLD, deterministic=deterministic), ACT_BLD)
 
@@ -255,14 +163,14 @@ class DecoderStack(nn.Module):
         # T5 masks no decoder padding: inputs are right-padded, so causality already keeps real queries off
         # pad keys (and pad_id usually equals decoder_start_id, which must stay visible).
         sliding_layers = cfg.sliding_layers("decoder")
-        bias_BHLL = rope = None
-        window_B1LL = None
+        bias_BHLL = window_B1LL = None
+        ropes: Ropes = (None, None)
         if any(sliding_layers):
             window_B1LL = masks.combine_masks(
                 self_mask_B1LL, masks.window_mask(q_index_1L, k_index_1S, cfg.sliding_window, bidirectional=False))
         if cfg.is_t5gemma:
             # Keys are cached already rotated, so a step only rotates its own queries and keys.
-            rope = rope_sin_cos(q_positions_1L, cfg.d_kv, cfg.rope_theta)
+            ropes = _ropes(cfg, q_positions_1L)
         else:
             bias_BHLL = RelativePositionBias(cfg, bidirectional=False, name="relpos_bias")(
                 q_positions_1L, k_positions_1S
@@ -275,8 +183,8 @@ class DecoderStack(nn.Module):
             )
 
         attrs = {"deterministic": deterministic, "decode": decode, "cache_length": cache_length}
-        x_BLD = _run_layers(self, DecoderLayer, sliding_layers, attrs, x_BLD, encoded_BSD,
-                            (self_mask_B1LL, window_B1LL), bias_BHLL, rope, cross_mask_B1LS, decode_index)
+        x_BLD = run_layers(self, DecoderLayer, sliding_layers, attrs, x_BLD, encoded_BSD,
+                           (self_mask_B1LL, window_B1LL), bias_BHLL, ropes, cross_mask_B1LS, decode_index)
         y_BLD = drop(RMSNorm(cfg, name="final_norm")(x_BLD), deterministic=deterministic)
         y_BLD = nn.with_logical_constraint(y_BLD, ACT_BLD)
         if not cfg.tie_word_embeddings:
@@ -309,12 +217,12 @@ class EncoderDecoder(nn.Module):
 
     def setup(self) -> None:
         cfg = self.config
-        if cfg.is_t5gemma:  # one embedding per stack, each as wide as its stack
+        if not cfg.shares_embedding:  # one embedding per stack, each as wide as its stack
             self.encoder = EncoderStack(cfg.stack("encoder"))
             self.decoder = DecoderStack(cfg)
             return
         self.shared = Embed(cfg)
-        self.encoder = EncoderStack(cfg, embed=self.shared)
+        self.encoder = EncoderStack(cfg.stack("encoder"), embed=self.shared)
         self.decoder = DecoderStack(cfg, embed=self.shared)
 
     def encode(self, encoder_input_tokens: jax.Array, *, encoder_segment_ids: jax.Array | None = None,

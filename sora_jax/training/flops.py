@@ -74,7 +74,8 @@ def train_step_flops(cfg: ModelConfig, batch_size: int, input_length: int, targe
     dec_kv = cfg.d_model * cfg.kv_heads * cfg.d_kv
     cross_kv = enc.d_model * cfg.kv_heads * cfg.d_kv  # decoder heads reading the encoder's width
     enc_layer = 2 * enc_q + 2 * enc_kv + _mlp_params(enc)
-    dec_layer = 2 * dec_q + 2 * dec_kv + 2 * dec_q + _mlp_params(cfg)  # self q/k/v/o, cross q/o, MLP
+    # self q/k/v/o, cross q/o (T5Gemma 2's merged attention has none: its queries and output serve both), MLP
+    dec_layer = 2 * dec_q + 2 * dec_kv + (0 if cfg.is_t5gemma2 else 2 * dec_q) + _mlp_params(cfg)
     enc_tokens, dec_tokens = B * S, B * T
     # q.k^T and probs.v: 2 matmuls of 2*L_q*L_k*H*K each (every query head, grouped or not).
     enc_scores = 4 * B * S * S * enc.num_heads * enc.d_kv
