@@ -38,7 +38,8 @@ def command(workdir: str, tfds_dir: Path, steps: int) -> list[str]:
             f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}", f"--config.num_train_steps={steps}",
             "--config.log_every_steps=1", "--config.checkpoint_every_steps=4", "--config.eval_every_steps=1000",
             "--config.optimizer.schedule=constant", "--config.data.eval_batch_size=64",
-            "--config.data.max_eval_examples=64", "--config.data.num_sample_predictions=0",
+            "--config.data.max_eval_examples=64", "--config.data.max_test_examples=64",
+            "--config.data.num_sample_predictions=0",
             "--config.checkpoint_ocdbt=false", "--config.tokenizer.max_training_sentences=500"]
 
 

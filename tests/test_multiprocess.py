@@ -28,7 +28,8 @@ def command(tfds_dir: Path, workdir: Path, steps: int) -> list[str]:
     return [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'tiny.py'}",
             f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}", f"--config.num_train_steps={steps}",
             "--config.log_every_steps=1", "--config.checkpoint_every_steps=3", "--config.eval_every_steps=1000",
-            "--config.data.num_shards=2", "--config.optimizer.schedule=constant", "--config.data.eval_batch_size=64"]
+            "--config.data.num_shards=2", "--config.optimizer.schedule=constant", "--config.data.eval_batch_size=64",
+            "--config.data.max_eval_examples=16", "--config.data.max_test_examples=16"]
 
 
 def mixture_command(tfds_dir: Path, workdir: Path, steps: int) -> list[str]:
