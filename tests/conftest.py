@@ -107,14 +107,15 @@ def tfds_dir(tmp_path_factory: pytest.TempPathFactory):
 
 
 # The shared trained run: configs/tiny.py for 20 steps, logged every 5, evaluated (32 validation examples) and
-# checkpointed at 10 and 20, the best validation loss kept, steps 11-12 profiled. A high learning rate, so that
-# the model already predicts labels (non-trivial classification metrics) yet still answers differently from one
-# input to another. Its final evaluation decodes the whole test split (868 reviews); every other run in the suite
-# caps it with data.max_test_examples.
+# checkpointed at 10 and 20, the best validation loss kept, steps 11-12 profiled. The learning rate is chosen so
+# that the model already answers some reviews with a label (non-trivial classification metrics) while its greedy
+# outputs still differ from one input to another (measured: 3 distinct outputs for test_predict's 5 inputs, 7 for
+# test_quantized_serving's 16, validation macro-F1 0.33). Its final evaluation decodes the whole test split
+# (868 reviews); every other run in the suite caps that with data.max_test_examples.
 TRAINED_RUN_OVERRIDES = {
     "num_train_steps": "20", "log_every_steps": "5", "eval_every_steps": "10", "checkpoint_every_steps": "10",
-    "best_metric": "loss", "profile_steps": "10:12", "optimizer.learning_rate": "0.01",
-    "optimizer.warmup_steps": "2", "data.eval_batch_size": "128", "tokenizer.max_training_sentences": "500",
+    "best_metric": "loss", "profile_steps": "10:12", "optimizer.learning_rate": "0.002",
+    "data.eval_batch_size": "128", "tokenizer.max_training_sentences": "500",
 }
 
 

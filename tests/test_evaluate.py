@@ -25,7 +25,7 @@ from sora_jax.serving.export import export_workdir
 @pytest.fixture(scope="module")
 def workdir(tmp_path_factory, trained_run) -> Path:
     """This module's copy of the session's tiny run (tests/conftest.py: checkpoints 10 and 20, a learning rate
-    high enough that the model already predicts labels, which makes the classification metrics non-trivial);
+    high enough that the model already answers some reviews with a label: non-trivial classification metrics);
     sora-eval writes its eval/ folder into it."""
     return Path(shutil.copytree(trained_run.path, tmp_path_factory.mktemp("eval_run") / "run"))
 

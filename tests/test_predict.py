@@ -103,10 +103,10 @@ def test_scores_are_the_log_probability_of_the_prediction_up_to_eos(predictor):
 
 def test_options_compile_once_per_batch_shape_and_sampling(predictor):
     predictor.predict(TEXTS, max_length=6, method="sample", seed=1)
-    decoders = dict(predictor._decoder._compiled)
+    decoders = dict(predictor._generator._compiled)
     again = predictor.predict(TEXTS, max_length=6, method="sample", seed=1)
     other_seed = predictor.predict(TEXTS[:3], max_length=6, method="sample", seed=2)  # Same padded shape.
-    assert dict(predictor._decoder._compiled) == decoders  # A new seed is an argument, not a new compilation.
+    assert dict(predictor._generator._compiled) == decoders  # A new seed is an argument, not a new compilation.
     (decoder,) = [f for options, f in decoders.items() if options.method == "sample"]
     if hasattr(decoder, "_cache_size"):
         assert decoder._cache_size() == 1

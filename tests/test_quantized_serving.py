@@ -69,7 +69,7 @@ def kernels(params) -> dict:
 def greedy_ids(predictor: Predictor, tokens: np.ndarray) -> np.ndarray:
     """The predictor's own compiled greedy decode of `tokens` -> int32 [B, 6]."""
     with predictor.run.activate():
-        return np.asarray(predictor._decoder.decode(predictor.run.params, tokens,
+        return np.asarray(predictor._generator.decode(predictor.run.params, tokens,
                                                     predictor.decode_options(max_length=6)))
 
 
