@@ -117,10 +117,9 @@ def test_interrupted_runs_resume_to_bitwise_the_same_params(tmp_path, tfds_dir):
             "--config.checkpoint_every_steps=4", "--config.eval_every_steps=1000",
             "--config.data.max_test_examples=8"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    straight = subprocess.run([*args, f"--workdir={tmp_path / 'straight'}"], env=env, capture_output=True,
-                              text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    expected = saved_state(tmp_path / "straight", 30)
+    # The uninterrupted reference, alongside the interrupted runs.
+    straight = subprocess.Popen([*args, f"--workdir={tmp_path / 'straight'}"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
 
     # SIGTERM: a checkpoint at the next step boundary, exit 0, and the rerun continues from there.
     code, output = _interrupt([*args, f"--workdir={tmp_path / 'term'}"], env, "step  3/", signal.SIGTERM)
@@ -131,6 +130,9 @@ def test_interrupted_runs_resume_to_bitwise_the_same_params(tmp_path, tfds_dir):
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"resumed from checkpoint step {stopped_at}" in rerun.stdout
+    straight_output = straight.communicate(timeout=300)[0]
+    assert straight.returncode == 0, straight_output[-2000:]
+    expected = saved_state(tmp_path / "straight", 30)
     assert_trees_equal(expected, saved_state(tmp_path / "term", 30))
 
     # SIGKILL: no warning, no cleanup, possibly in the middle of an asynchronous save.
