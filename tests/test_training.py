@@ -193,3 +193,5 @@ def test_lengths_of_zero_are_read_off_the_training_data(tmp_path, tfds_dir, caps
     assert (f"lengths from the data: inputs {saved['max_input_length']} / targets 8 tokens"
             in capsys.readouterr().out)
     assert config.data.max_input_length == 0  # The caller's config is left as it was.
+    (test,) = [e for e in events(tmp_path) if e["split"] == "test"]
+    assert test["examples"] == 8  # data.max_test_examples caps the final evaluation.
