@@ -20,6 +20,7 @@ import portpicker
 from etils import epath
 
 from sora_jax import checkpoint
+from sora_jax.data.tasks import get_task
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -61,6 +62,8 @@ def train_losses(workdir: Path) -> dict[int, float]:
 
 
 def test_two_processes_match_one_process_and_resume(tmp_path, tfds_dir):
+    # The mixture's second task is prepared here, once: the runs below start together.
+    get_task("bbc_topic").make_builder(str(tfds_dir), {})
     # One process, 4 devices as a 1x2x2 (data, fsdp, tensor) mesh; alongside the two-process runs.
     single = subprocess.Popen([*mixture_command(tfds_dir, tmp_path / "single", 8), "--config.mesh.fsdp=2",
                                "--config.mesh.tensor=2"], env=env_with_devices(4), stdout=subprocess.PIPE,
