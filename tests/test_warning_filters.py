@@ -25,6 +25,7 @@ def test_flax_warning_raised_for_its_caller_is_an_error():
 @pytest.mark.parametrize(("module", "message"), [
     ("qwix._src.utils.flax_util", "'VariableState' was removed, this is just an alias to 'Variable'."),
     ("tensorflow.python.util.deprecation", "going away"),
+    ("test_profiling", "builtin type event_stats has no __module__ attribute"),
 ])
 def test_the_known_qwix_deprecation_and_other_packages_deprecations_are_not_errors(module, message):
     warnings.warn_explicit(message, DeprecationWarning, "file.py", 1, module=module)  # Raises if a filter says error.
