@@ -3,12 +3,18 @@
 Started on 127.0.0.1 with a free port; gcsfs (through etils.epath) and tensorstore (through orbax) are pointed
 at it by the environment variables they honour, in this process and in every subprocess a test starts.
 Nothing leaves the machine.
+
+The emulator runs with one change (`python gcs.py start ...`, see `_serve`): it rewrites its whole metadata file
+(the JSON of every object) after each write, which is quadratic in the number of objects; a few checkpoints in
+orbax's per-array format made that minutes of the bucket tests. Here the file is written once, when the emulator
+stops (SIGTERM), and not at all in memory, where nothing reads it back.
 """
 
 from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -25,7 +31,7 @@ def emulator(*, in_memory: bool = True, data_dir: str | None = None) -> Iterator
     """Run the emulator for the duration of the block; yields its URL. On disk (in_memory=False, in `data_dir`)
     it keeps the objects across a restart."""
     port = portpicker.pick_unused_port()
-    command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host=127.0.0.1", f"--port={port}",
+    command = [sys.executable, __file__, "start", "--host=127.0.0.1", f"--port={port}",
                f"--default-bucket={BUCKET}", "--quiet"]
     if in_memory:
         command.append("--in-memory")
@@ -35,8 +41,12 @@ def emulator(*, in_memory: bool = True, data_dir: str | None = None) -> Iterator
         wait_for_port(port)
         yield url
     finally:
-        process.kill()
-        process.wait(timeout=30)
+        process.terminate()  # It writes its metadata (on disk) and exits.
+        try:
+            process.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            process.kill()
+            process.wait(timeout=30)
 
 
 def wait_for_port(port: int, timeout_s: float = 30.0) -> None:
@@ -59,9 +69,12 @@ def pointed_at(url: str) -> Iterator[None]:
     """This process's gcsfs and tensorstore pointed at the emulator (fsspec caches filesystems: cleared)."""
     import fsspec
 
+    # The class's cache, not an instance's: making an instance outside the emulator looks for Google credentials,
+    # which takes 15 s on a machine without them.
+    filesystem = fsspec.get_filesystem_class("gs")
     saved = {k: os.environ.get(k) for k in environment(url)}
     os.environ.update(environment(url))
-    fsspec.filesystem("gs").clear_instance_cache()
+    filesystem.clear_instance_cache()
     try:
         yield
     finally:
@@ -70,4 +83,30 @@ def pointed_at(url: str) -> Iterator[None]:
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-        fsspec.filesystem("gs").clear_instance_cache()
+        filesystem.clear_instance_cache()
+
+
+def _serve(argv: list[str]) -> None:
+    """The emulator's command line, its metadata file written only when it stops (see the module docstring)."""
+    from gcp_storage_emulator import __main__ as emulator_cli
+    from gcp_storage_emulator.storage import Storage
+
+    write_metadata = Storage._write_config_to_file
+    Storage._write_config_to_file = lambda self: None
+    signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})  # For sigwait below, in every thread.
+    server = emulator_cli.main(argv, test_mode=True)
+    server.start()
+    signal.sigwait({signal.SIGTERM})
+    # No orderly shutdown: the server thread may sit in a client's keep-alive connection for many seconds.
+    for _ in range(100):
+        try:
+            if "--in-memory" not in argv:
+                write_metadata(server._storage)
+            break
+        except RuntimeError:  # A request changed the objects while they were being written: again.
+            time.sleep(0.01)
+    os._exit(0)
+
+
+if __name__ == "__main__":
+    _serve(sys.argv[1:])

@@ -9,6 +9,7 @@ write orbax's per-array zarr format (config.checkpoint_ocdbt=false); everything 
 
 from __future__ import annotations
 
+import io
 import json
 import os
 import signal
@@ -38,7 +39,8 @@ def command(workdir: str, tfds_dir: Path, steps: int) -> list[str]:
             f"--workdir={workdir}", f"--config.data.data_dir={tfds_dir}", f"--config.num_train_steps={steps}",
             "--config.log_every_steps=1", "--config.checkpoint_every_steps=4", "--config.eval_every_steps=1000",
             "--config.optimizer.schedule=constant", "--config.data.eval_batch_size=64",
-            "--config.data.max_eval_examples=64", "--config.data.num_sample_predictions=0",
+            "--config.data.max_eval_examples=64", "--config.data.max_test_examples=64",
+            "--config.data.num_sample_predictions=0",
             "--config.checkpoint_ocdbt=false", "--config.tokenizer.max_training_sentences=500"]
 
 
@@ -63,13 +65,13 @@ def test_missing_bucket_is_one_line_and_no_local_folder(emulator, tmp_path, tfds
     assert not list(tmp_path.iterdir())  # Never a local folder named "gs:".
 
 
-def test_bucket_run_killed_resumes_bitwise_then_serves_from_the_bucket(emulator, tmp_path, tfds_dir):
+def test_bucket_run_killed_resumes_bitwise_then_serves_from_the_bucket(emulator, tmp_path, tfds_dir, capsys,
+                                                                         monkeypatch):
     from sora_jax import checkpoint
 
-    # Reference: the same run, uninterrupted, in a local workdir.
-    local = subprocess.run(command(str(tmp_path / "local"), tfds_dir, 8), env=env(None), capture_output=True,
-                           text=True, timeout=600)
-    assert local.returncode == 0, local.stderr[-3000:]
+    # Reference: the same run, uninterrupted, in a local workdir (alongside the bucket runs below).
+    local = subprocess.Popen(command(str(tmp_path / "local"), tfds_dir, 8), env=env(None), stdout=subprocess.PIPE,
+                             stderr=subprocess.STDOUT, text=True)
 
     # In the bucket: SIGKILL once checkpoint 4 is committed, then the same command again.
     process = subprocess.Popen(command(RUN, tfds_dir, 8), env=env(emulator), stdout=subprocess.PIPE,
@@ -86,6 +88,8 @@ def test_bucket_run_killed_resumes_bitwise_then_serves_from_the_bucket(emulator,
     assert resumed.returncode == 0, resumed.stderr[-3000:]
     assert "resumed from checkpoint step " in resumed.stdout
     assert f"checkpoints: {RUN}/checkpoints (step 8)" in resumed.stdout
+    local_output = local.communicate(timeout=600)[0]
+    assert local.returncode == 0, local_output[-3000:]
     expected = checkpoint.read_as_numpy(tmp_path / "local" / "checkpoints" / "8" / "state")
     got = checkpoint.read_as_numpy(f"{RUN}/checkpoints/8/state")
     for x, y in zip(leaves(expected), leaves(got), strict=True):
@@ -94,22 +98,19 @@ def test_bucket_run_killed_resumes_bitwise_then_serves_from_the_bucket(emulator,
     assert sorted({e["step"] for e in events if e["split"] == "train"}) == list(range(1, 9))
     assert (epath.Path(RUN) / "tensorboard").is_dir() and list((epath.Path(RUN) / "tensorboard").iterdir())
 
-    # Serving reads the bucket.
-    evaluated = subprocess.run([sys.executable, "-m", "sora_jax.cli.eval", f"--workdir={RUN}", "--split=test",
-                                "--max_examples=16"], env=env(emulator), capture_output=True, text=True,
-                               timeout=300)
-    assert evaluated.returncode == 0, evaluated.stderr[-3000:]
+    # Serving reads the bucket (the command lines in this process, which the emulator fixture points at it).
+    from sora_jax.cli import eval as eval_cli
+    from sora_jax.cli import export as export_cli
+    from sora_jax.cli import predict as predict_cli
+
+    assert eval_cli.main([f"--workdir={RUN}", "--split=test", "--max_examples=16"]) == 0
     summary = json.loads((epath.Path(RUN) / "eval" / "test_step8" / "metrics.json").read_text())
     assert summary["step"] == 8 and summary["examples"] == 16
-    predicted = subprocess.run([sys.executable, "-m", "sora_jax.cli.predict", f"--workdir={RUN}", "--jsonl"],
-                               input="这个产品很好用\n不好\n", env=env(emulator), capture_output=True, text=True,
-                               timeout=300)
-    assert predicted.returncode == 0, predicted.stderr[-3000:]
-    assert [json.loads(line)["input"] for line in predicted.stdout.splitlines()] == ["这个产品很好用", "不好"]
-    exported = subprocess.run([sys.executable, "-m", "sora_jax.cli.export", f"--workdir={RUN}",
-                               f"--out={tmp_path / 'hf'}"], env=env(emulator), capture_output=True, text=True,
-                              timeout=300)
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    capsys.readouterr()
+    monkeypatch.setattr(sys, "stdin", io.StringIO("这个产品很好用\n不好\n"))
+    assert predict_cli.main([f"--workdir={RUN}", "--jsonl"]) == 0
+    assert [json.loads(line)["input"] for line in capsys.readouterr().out.splitlines()] == ["这个产品很好用", "不好"]
+    assert export_cli.main([f"--workdir={RUN}", f"--out={tmp_path / 'hf'}"]) == 0
     from sora_jax.interop import load_hf_t5
 
     _, params, _ = load_hf_t5(tmp_path / "hf")
@@ -118,10 +119,7 @@ def test_bucket_run_killed_resumes_bitwise_then_serves_from_the_bucket(emulator,
 
     # A quantized export written to the bucket serves exactly the params of quantizing the run in memory.
     int8_export = f"gs://{gcs.BUCKET}/exports/tiny-int8"
-    exported = subprocess.run([sys.executable, "-m", "sora_jax.cli.export", f"--workdir={RUN}",
-                               f"--out={int8_export}", "--quantize=int8"], env=env(emulator), capture_output=True,
-                              text=True, timeout=300)
-    assert exported.returncode == 0, exported.stderr[-3000:]
+    assert export_cli.main([f"--workdir={RUN}", f"--out={int8_export}", "--quantize=int8"]) == 0
     from sora_jax.workdir import load_workdir
 
     served, in_memory = load_workdir(int8_export), load_workdir(RUN, quantize="int8")

@@ -29,7 +29,7 @@ def tiny_config(tfds_dir: Path, steps: int = 20):
     config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
     config.data.data_dir = str(tfds_dir)
     config.num_train_steps, config.eval_every_steps = steps, 1000
-    config.data.max_eval_examples, config.data.num_sample_predictions = 8, 0
+    config.data.max_eval_examples, config.data.max_test_examples, config.data.num_sample_predictions = 8, 8, 0
     return config
 
 

@@ -14,31 +14,20 @@ import numpy as np
 import pytest
 
 from sora_jax import checkpoint, load_workdir
-from sora_jax import config as config_lib
 from sora_jax.cli.eval import main
 from sora_jax.data import builders, pipeline
 from sora_jax.data.tasks import get_task
 from sora_jax.evaluation.metrics import text_metrics
 from sora_jax.interop import load_hf_t5
 from sora_jax.serving.export import export_workdir
-from sora_jax.training.loop import run
-
-REPO = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tfds_dir) -> Path:
-    """20 steps of the tiny config (checkpoints 10 and 20); a high learning rate so that the model already
-    predicts labels, which makes the classification metrics non-trivial."""
-    config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
-    config.data.data_dir = str(tfds_dir)
-    config_lib.apply_overrides(config, {
-        "num_train_steps": "20", "checkpoint_every_steps": "10", "eval_every_steps": "20", "log_every_steps": "10",
-        "data.eval_batch_size": "128", "optimizer.learning_rate": "0.01", "optimizer.warmup_steps": "2",
-        "tokenizer.max_training_sentences": "500"})
-    path = tmp_path_factory.mktemp("eval_run")
-    run(config, path)
-    return path
+def workdir(tmp_path_factory, trained_run) -> Path:
+    """This module's copy of the session's tiny run (tests/conftest.py: checkpoints 10 and 20, a learning rate
+    high enough that the model already answers some reviews with a label: non-trivial classification metrics);
+    sora-eval writes its eval/ folder into it."""
+    return Path(shutil.copytree(trained_run.path, tmp_path_factory.mktemp("eval_run") / "run"))
 
 
 def split_pairs(tfds_dir: Path, split: str) -> list[dict]:

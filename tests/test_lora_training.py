@@ -28,7 +28,7 @@ def tiny_config(tfds_dir: Path, steps: int = 20):
     config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
     config.data.data_dir = str(tfds_dir)
     config.num_train_steps, config.eval_every_steps, config.log_every_steps = steps, 1000, 2
-    config.data.max_eval_examples, config.data.num_sample_predictions = 8, 0
+    config.data.max_eval_examples, config.data.max_test_examples, config.data.num_sample_predictions = 8, 8, 0
     return config
 
 
@@ -42,10 +42,9 @@ def lora_config(tfds_dir: Path, base: Path, **changes):
 
 
 @pytest.fixture(scope="module")
-def base_dir(tmp_path_factory, tfds_dir) -> Path:
-    workdir = tmp_path_factory.mktemp("base")
-    run(tiny_config(tfds_dir), workdir)
-    return workdir
+def base_dir(trained_run) -> Path:
+    """The pretrained base: the session's tiny run (tests/conftest.py), 20 steps; only read."""
+    return trained_run.path
 
 
 @pytest.fixture(scope="module")

@@ -25,7 +25,7 @@ def mixture_config(data_dir: Path, **overrides):
     config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
     config.data.data_dir = str(data_dir)
     config.data.mixture = MIXTURE
-    config.data.max_eval_examples = 16
+    config.data.max_eval_examples = config.data.max_test_examples = 16
     config.data.eval_batch_size = 16
     config_lib.apply_overrides(config, overrides)
     return config

@@ -16,7 +16,6 @@ import numpy as np
 import pytest
 
 from sora_jax import Predictor, load_workdir
-from sora_jax import config as config_lib
 from sora_jax.cli.predict import main
 from sora_jax.data.tasks import TASKS, get_task
 from sora_jax.data.tokenizer import EOS_ID
@@ -24,23 +23,15 @@ from sora_jax.decoding.generator import task_decode_options
 from sora_jax.decoding.search import greedy_decode
 from sora_jax.errors import SoraError
 from sora_jax.model import shift_right
-from sora_jax.training.loop import run
 
-REPO = Path(__file__).resolve().parents[1]
 TEXTS = ["这个产品很好用", "质量太差了，再也不买了", "酒店很干净，服务也好", "一般般吧", "物流很快 good"]
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tfds_dir) -> Path:
-    """20 steps of the tiny config: an untrained-looking model whose outputs differ from input to input."""
-    config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
-    config.data.data_dir = str(tfds_dir)
-    config_lib.apply_overrides(config, {"num_train_steps": "20", "checkpoint_every_steps": "20",
-                                        "eval_every_steps": "20", "log_every_steps": "10",
-                                        "data.eval_batch_size": "128", "tokenizer.max_training_sentences": "500"})
-    path = tmp_path_factory.mktemp("predict_run")
-    run(config, path)
-    return path
+def workdir(trained_run) -> Path:
+    """The session's tiny run (tests/conftest.py: checkpoints 10 and 20), whose outputs differ from input to
+    input; nothing here writes to it."""
+    return trained_run.path
 
 
 @pytest.fixture(scope="module")
@@ -112,10 +103,10 @@ def test_scores_are_the_log_probability_of_the_prediction_up_to_eos(predictor):
 
 def test_options_compile_once_per_batch_shape_and_sampling(predictor):
     predictor.predict(TEXTS, max_length=6, method="sample", seed=1)
-    decoders = dict(predictor._decoder._compiled)
+    decoders = dict(predictor._generator._compiled)
     again = predictor.predict(TEXTS, max_length=6, method="sample", seed=1)
     other_seed = predictor.predict(TEXTS[:3], max_length=6, method="sample", seed=2)  # Same padded shape.
-    assert dict(predictor._decoder._compiled) == decoders  # A new seed is an argument, not a new compilation.
+    assert dict(predictor._generator._compiled) == decoders  # A new seed is an argument, not a new compilation.
     (decoder,) = [f for options, f in decoders.items() if options.method == "sample"]
     if hasattr(decoder, "_cache_size"):
         assert decoder._cache_size() == 1
@@ -127,7 +118,7 @@ def test_from_workdir_takes_a_step_and_config_overrides(workdir):
     import sora_jax
 
     assert sora_jax.load_workdir is load_workdir
-    with pytest.raises(SoraError, match=r"there is no checkpoint step 7 in .*; available: 20\.$"):
+    with pytest.raises(SoraError, match=r"there is no checkpoint step 7 in .*; available: 10, 20\.$"):
         Predictor.from_workdir(workdir, step=7)
     predictor = Predictor.from_workdir(workdir, step=20, data__max_input_length=12)
     assert predictor.step == 20 and predictor.max_input_length == 12

@@ -24,7 +24,7 @@ def fine_tune_config(tfds_dir: Path, init_from: str):
     config.data.data_dir = str(tfds_dir)
     config.init_from = init_from
     config.num_train_steps, config.log_every_steps, config.eval_every_steps = 1, 1, 100
-    config.data.max_eval_examples = 8
+    config.data.max_eval_examples = config.data.max_test_examples = 8
     # A vanishing learning rate: after one step the params must still be exactly the imported ones.
     config.optimizer.name, config.optimizer.learning_rate, config.optimizer.warmup_steps = "sgd", 1e-30, 0
     config.optimizer.momentum = 0.0

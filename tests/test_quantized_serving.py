@@ -4,6 +4,7 @@ exports read back bit for bit, bad schemes, and quantization-aware training (con
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import jax
@@ -36,15 +37,17 @@ def train_tiny(path: Path, tfds_dir: Path, steps: int = 20, **overrides: str) ->
     config.data.data_dir = str(tfds_dir)
     config_lib.apply_overrides(config, {"num_train_steps": str(steps), "checkpoint_every_steps": str(steps),
                                         "eval_every_steps": str(steps), "log_every_steps": "10",
-                                        "tokenizer.max_training_sentences": "500", **overrides})
+                                        "data.max_test_examples": "32", "tokenizer.max_training_sentences": "500",
+                                        **overrides})
     run(config, path)
     return path
 
 
 @pytest.fixture(scope="module")
-def workdir(tmp_path_factory, tfds_dir) -> Path:
-    """A float-trained tiny run whose greedy outputs differ from input to input."""
-    return train_tiny(tmp_path_factory.mktemp("float_run"), tfds_dir)
+def workdir(tmp_path_factory, trained_run) -> Path:
+    """This module's copy of the session's float-trained tiny run (tests/conftest.py), whose greedy outputs differ
+    from input to input; evaluations write into it."""
+    return Path(shutil.copytree(trained_run.path, tmp_path_factory.mktemp("float_run") / "run"))
 
 
 @pytest.fixture(scope="module")
@@ -66,7 +69,7 @@ def kernels(params) -> dict:
 def greedy_ids(predictor: Predictor, tokens: np.ndarray) -> np.ndarray:
     """The predictor's own compiled greedy decode of `tokens` -> int32 [B, 6]."""
     with predictor.run.activate():
-        return np.asarray(predictor._decoder.decode(predictor.run.params, tokens,
+        return np.asarray(predictor._generator.decode(predictor.run.params, tokens,
                                                     predictor.decode_options(max_length=6)))
 
 

@@ -27,6 +27,7 @@ RULES = sharding.check_rules(config_lib.DEFAULT_LOGICAL_AXIS_RULES)
 def make_config(**mesh: int):
     config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
     config.model.dropout_rate = 0.0
+    config.data.max_test_examples = 8  # The runs below check training, not the final evaluation.
     for axis, size in mesh.items():
         config.mesh[axis] = size
     return config

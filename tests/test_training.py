@@ -46,28 +46,20 @@ def events(workdir: Path) -> list[dict]:
     return [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.fixture(scope="module")
-def finished_run(tmp_path_factory, tfds_dir):
-    """One tiny run of 30 steps (shared by the tests that only read its results)."""
-    workdir = tmp_path_factory.mktemp("finished")
-    config = tiny_config(tfds_dir, num_train_steps="30", log_every_steps="5", eval_every_steps="15",
-                         checkpoint_every_steps="15", best_metric="loss", profile_steps="10:12")
-    return workdir, config, run(config, workdir)
-
-
-def test_loss_falls_and_everything_is_written(finished_run):
-    workdir, _, result = finished_run
+def test_loss_falls_and_everything_is_written(trained_run):
+    # The session's shared run (tests/conftest.py): 20 steps, logged every 5, evaluated and saved every 10.
+    workdir, result = trained_run.path, trained_run.result
     train = [e for e in events(workdir) if e["split"] == "train"]
-    assert [e["step"] for e in train] == [5, 10, 15, 20, 25, 30]
+    assert [e["step"] for e in train] == [5, 10, 15, 20]
     assert train[-1]["loss"] < 0.75 * train[0]["loss"]
     validation = [e for e in events(workdir) if e["split"] == "validation"]
-    assert [e["step"] for e in validation] == [15, 30]
+    assert [e["step"] for e in validation] == [10, 20]
     assert validation[-1]["loss"] < validation[0]["loss"]
     test = [e for e in events(workdir) if e["split"] == "test"]
     assert len(test) == 1 and test[0]["examples"] == 868  # The whole test split is decoded.
     assert 0.0 <= result.test_metrics["exact_match"] <= 1.0
-    assert result.final_step == 30 and result.checkpoint_dir == workdir / "checkpoints"
-    assert sorted(int(p.name) for p in result.checkpoint_dir.iterdir() if p.name.isdigit()) == [15, 30]
+    assert result.final_step == 20 and result.checkpoint_dir == workdir / "checkpoints"
+    assert sorted(int(p.name) for p in result.checkpoint_dir.iterdir() if p.name.isdigit()) == [10, 20]
     saved = json.loads((workdir / "config.json").read_text())
     assert saved["model"]["d_model"] == 32 and saved["model"]["vocab_size"] % 128 == 0
     assert (workdir / "tokenizer.model").is_file()
@@ -78,8 +70,8 @@ def test_loss_falls_and_everything_is_written(finished_run):
     assert len(list((workdir / "profile").glob("plugins/profile/*/*.xplane.pb"))) == 1
 
 
-def test_best_checkpoint_holds_the_params_of_the_best_validation(finished_run):
-    workdir, _, _ = finished_run
+def test_best_checkpoint_holds_the_params_of_the_best_validation(trained_run):
+    workdir = trained_run.path
     validation = {e["step"]: e["loss"] for e in events(workdir) if e["split"] == "validation"}
     best_step = min(validation, key=validation.get)
     info = json.loads((workdir / "best" / "best.json").read_text())
@@ -87,25 +79,23 @@ def test_best_checkpoint_holds_the_params_of_the_best_validation(finished_run):
                     "params": f"params_{best_step}"}
     assert sorted(p.name for p in (workdir / "best").iterdir()) == ["best.json", f"params_{best_step}"]
     best = checkpoint.read_as_numpy(workdir / "best" / info["params"])
-    if best_step == 30:  # The final checkpoint holds the same params.
-        assert_trees_equal(best, saved_state(workdir, 30)["params"])
+    assert_trees_equal(best, saved_state(workdir, best_step)["params"])  # Checkpoints 10 and 20 hold all params.
 
 
 
-def test_rerunning_a_finished_run_reports_it_and_trains_nothing(finished_run, capsys):
-    workdir, config, first = finished_run
+def test_rerunning_a_finished_run_reports_it_and_trains_nothing(trained_run, trained_run_copy, capsys):
+    workdir, config, first = trained_run_copy, trained_run.config, trained_run.result
     before = (workdir / "metrics.jsonl").read_text()
     again = run(config, workdir)
-    assert again.final_step == 30 and again.resumed_from == 30
+    assert again.final_step == 20 and again.resumed_from == 20
     assert again.test_metrics == pytest.approx({k: v for k, v in first.test_metrics.items()})
     assert "already finished" in capsys.readouterr().out
     assert (workdir / "metrics.jsonl").read_text() == before
 
 
-def test_checkpoint_holds_the_final_state(finished_run):
-    workdir, _, _ = finished_run
-    state = saved_state(workdir, 30)
-    assert int(state["step"]) == 30
+def test_checkpoint_holds_the_final_state(trained_run):
+    state = saved_state(trained_run.path, 20)
+    assert int(state["step"]) == 20
     assert set(state) == {"step", "params", "opt_state", "rng"}
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
@@ -124,12 +114,12 @@ def _interrupt(args: list[str], env: dict[str, str], at_line: str, sig: signal.S
 def test_interrupted_runs_resume_to_bitwise_the_same_params(tmp_path, tfds_dir):
     args = [sys.executable, str(REPO / "train.py"), f"--config={REPO / 'configs' / 'tiny.py'}",
             f"--config.data.data_dir={tfds_dir}", "--config.num_train_steps=30", "--config.log_every_steps=1",
-            "--config.checkpoint_every_steps=4", "--config.eval_every_steps=1000"]
+            "--config.checkpoint_every_steps=4", "--config.eval_every_steps=1000",
+            "--config.data.max_test_examples=8"]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
-    straight = subprocess.run([*args, f"--workdir={tmp_path / 'straight'}"], env=env, capture_output=True,
-                              text=True, timeout=300)
-    assert straight.returncode == 0, straight.stderr[-2000:]
-    expected = saved_state(tmp_path / "straight", 30)
+    # The uninterrupted reference, alongside the interrupted runs.
+    straight = subprocess.Popen([*args, f"--workdir={tmp_path / 'straight'}"], env=env, stdout=subprocess.PIPE,
+                                stderr=subprocess.STDOUT, text=True)
 
     # SIGTERM: a checkpoint at the next step boundary, exit 0, and the rerun continues from there.
     code, output = _interrupt([*args, f"--workdir={tmp_path / 'term'}"], env, "step  3/", signal.SIGTERM)
@@ -140,6 +130,9 @@ def test_interrupted_runs_resume_to_bitwise_the_same_params(tmp_path, tfds_dir):
                            timeout=300)
     assert rerun.returncode == 0, rerun.stderr[-2000:]
     assert f"resumed from checkpoint step {stopped_at}" in rerun.stdout
+    straight_output = straight.communicate(timeout=300)[0]
+    assert straight.returncode == 0, straight_output[-2000:]
+    expected = saved_state(tmp_path / "straight", 30)
     assert_trees_equal(expected, saved_state(tmp_path / "term", 30))
 
     # SIGKILL: no warning, no cleanup, possibly in the middle of an asynchronous save.
@@ -168,12 +161,11 @@ def test_nan_loss_stops_with_the_step_and_keeps_the_last_good_checkpoint(tmp_pat
     assert all(np.all(np.isfinite(x)) for x in jax.tree.leaves(state["params"]))
 
 
-def test_workdir_of_a_different_model_is_refused_before_training(finished_run):
-    workdir, config, _ = finished_run
-    bigger = config.copy_and_resolve_references()
+def test_workdir_of_a_different_model_is_refused_before_training(trained_run, trained_run_copy):
+    bigger = trained_run.config.copy_and_resolve_references()
     bigger.model.d_model = 64
     with pytest.raises(SoraError, match=r"model.d_model=32 but this run asks for 64"):
-        run(bigger, workdir)
+        run(bigger, trained_run_copy)
 
 
 def test_unknown_override_fails_with_a_suggestion(tmp_path):
@@ -191,6 +183,7 @@ def test_lengths_of_zero_are_read_off_the_training_data(tmp_path, tfds_dir, caps
     config = tiny_config(tfds_dir, num_train_steps="2", **{"data.max_input_length": "0",
                                                             "data.max_target_length": "0",
                                                             "data.max_eval_examples": "8",
+                                                            "data.max_test_examples": "8",
                                                             "data.num_sample_predictions": "0"})
     run(config, tmp_path)
     saved = json.loads((tmp_path / "config.json").read_text())["data"]
@@ -200,3 +193,5 @@ def test_lengths_of_zero_are_read_off_the_training_data(tmp_path, tfds_dir, caps
     assert (f"lengths from the data: inputs {saved['max_input_length']} / targets 8 tokens"
             in capsys.readouterr().out)
     assert config.data.max_input_length == 0  # The caller's config is left as it was.
+    (test,) = [e for e in events(tmp_path) if e["split"] == "test"]
+    assert test["examples"] == 8  # data.max_test_examples caps the final evaluation.

@@ -10,30 +10,19 @@ from pathlib import Path
 
 import pytest
 
-from sora_jax import config as config_lib
 from sora_jax.cli.eval import main as eval_main
 from sora_jax.cli.export import main as export_main
 from sora_jax.cli.train import main as train_main
-from sora_jax.training.loop import run
 from sora_jax.workdir import Workdir
 
 REPO = Path(__file__).resolve().parents[1]
 
 
-def overrides(tfds_dir: Path, steps: int) -> dict[str, str]:
-    return {"data.data_dir": str(tfds_dir), "num_train_steps": str(steps), "checkpoint_every_steps": "10",
-            "eval_every_steps": "1000", "log_every_steps": "10", "data.num_sample_predictions": "0",
-            "tokenizer.max_training_sentences": "500"}
-
-
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory, tfds_dir) -> Path:
-    """20 steps of the tiny config: checkpoints 10 and 20."""
-    config = config_lib.load_config_file(str(REPO / "configs" / "tiny.py"))
-    config_lib.apply_overrides(config, overrides(tfds_dir, 20))
-    path = tmp_path_factory.mktemp("workdir_run") / "run"
-    run(config, path)
-    return path
+def trained(trained_run) -> Path:
+    """The session's tiny run (tests/conftest.py): 20 steps, checkpoints 10 and 20. Read only: the tests that
+    change a run directory change a copy."""
+    return trained_run.path
 
 
 def copy_of(trained: Path, tmp_path: Path) -> Path:
@@ -48,9 +37,12 @@ def corrupt(step_dir: Path) -> None:
             file.write_bytes(b"\0" * 16)
 
 
-def train_args(workdir: Path, tfds_dir: Path, steps: int) -> list[str]:
+def train_args(workdir: Path, trained_run, steps: int) -> list[str]:
+    """The shared run's command line, trained to `steps` (a short final evaluation, no profile)."""
+    overrides = {**trained_run.overrides, "num_train_steps": str(steps), "profile_steps": "",
+                 "data.max_test_examples": "8", "data.num_sample_predictions": "0"}
     return [f"--config={REPO / 'configs' / 'tiny.py'}", f"--workdir={workdir}",
-            *(f"--config.{k}={v}" for k, v in overrides(tfds_dir, steps).items())]
+            *(f"--config.{k}={v}" for k, v in overrides.items())]
 
 
 def one_error_line(capsys) -> str:
@@ -59,7 +51,7 @@ def one_error_line(capsys) -> str:
     return lines[0]
 
 
-def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_finishes(trained, tmp_path, tfds_dir, capsys):
+def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_finishes(trained, tmp_path, trained_run, capsys):
     workdir = copy_of(trained, tmp_path)
     corrupt(workdir / "checkpoints" / "20")
     # sora-eval falls back to step 10 and says so; it changes nothing in the workdir.
@@ -69,21 +61,21 @@ def test_a_corrupt_newest_checkpoint_is_moved_aside_and_the_run_finishes(trained
     assert "eval validation @ step 10:" in captured.out
     assert (workdir / "checkpoints" / "20").is_dir()
     # Training moves step 20 aside, resumes from 10, saves step 20 again and finishes; so does a rerun.
-    assert train_main(train_args(workdir, tfds_dir, 30)) == 0
+    assert train_main(train_args(workdir, trained_run, 30)) == 0
     out = capsys.readouterr().out
     assert "note: checkpoint step 20 could not be read" in out and "resumed from checkpoint step 10" in out
     (aside,) = (workdir / "corrupt_checkpoints").iterdir()
     assert aside.name.startswith("20-") and (aside / "state").is_dir()
     assert sorted(int(p.name) for p in (workdir / "checkpoints").iterdir() if p.name.isdigit()) == [10, 20, 30]
-    assert train_main(train_args(workdir, tfds_dir, 30)) == 0
+    assert train_main(train_args(workdir, trained_run, 30)) == 0
     assert "this run already finished at step 30" in capsys.readouterr().out
 
 
-def test_a_metrics_line_cut_short_is_dropped_on_rerun(trained, tmp_path, tfds_dir, capsys):
+def test_a_metrics_line_cut_short_is_dropped_on_rerun(trained, tmp_path, trained_run, capsys):
     workdir = copy_of(trained, tmp_path)
     with open(workdir / "metrics.jsonl", "a", encoding="utf-8") as f:
         f.write('{"step": 20, "split": "tr')  # A run killed mid-write.
-    assert train_main(train_args(workdir, tfds_dir, 20)) == 0
+    assert train_main(train_args(workdir, trained_run, 20)) == 0
     assert "this run already finished at step 20" in capsys.readouterr().out
     events = [json.loads(line) for line in (workdir / "metrics.jsonl").read_text().splitlines()]
     assert events == Workdir(str(trained)).events()

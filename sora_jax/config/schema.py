@@ -121,6 +121,7 @@ def base_config() -> ml_collections.ConfigDict:
     c.data.num_packing_bins = 16
     c.data.eval_batch_size = 128  # Global.
     c.data.max_eval_examples = 0  # 0 = the whole split; >0 caps validation during training.
+    c.data.max_test_examples = 0  # 0 = the whole split; >0 caps the final evaluation at the end of training.
     c.data.num_sample_predictions = 3  # Decoded examples printed at each evaluation.
     # Unlabelled-text tasks (kind "text"): how documents become examples. span_corruption (T5), prefix_lm, or ul2
     # (UL2R's mixture of denoisers, with mode tokens); see sora_jax/data/objectives.py.

@@ -289,6 +289,7 @@ def _train_loop(config: ml_collections.ConfigDict, state: Any, train_step: Any, 
     # Pretraining corpora have no test split: the final evaluation is then on validation.
     final_split = "test" if "test" in evaluator.splits else "validation"
     result.test_metrics = log_eval(evaluator, log, step, state.params, final_split,
+                                   max_examples=config.data.max_test_examples,
                                    num_samples=config.data.num_sample_predictions)
     log.print(f"done: {step} steps in {format_duration(time.perf_counter() - started)}. {final_split}: "
               f"{format_metrics(result.test_metrics).replace(' |', ',')}")
