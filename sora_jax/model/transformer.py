@@ -114,6 +114,15 @@ def _positions(tokens_BL: jax.Array, positions_BL: jax.Array | None) -> jax.Arra
     return jnp.arange(tokens_BL.shape[1], dtype=jnp.int32)[None, :]
 
 
+def _bias_positions(tokens_BL: jax.Array, segment_ids_BL: jax.Array | None,
+                    positions_BL: jax.Array | None) -> jax.Array:
+    # In a packed row a token's position is its index minus its segment's start, so inside a segment (the only
+    # pairs the segment mask lets attend) relative positions equal relative indices: one [1, H, L, L] bias serves
+    # every row. Per-row positions would make it [B, H, L, L], and its float32 gradient was most of the train step's
+    # temporary memory (T5 v1.1 base, 64 rows of 512 per chip: 16 of 18 GiB on TPU).
+    return _positions(tokens_BL, None if segment_ids_BL is not None else positions_BL)
+
+
 class EncoderStack(nn.Module):
     """Embedding -> dropout -> layers (sharing one bidirectional position bias) -> final norm -> dropout."""
 
@@ -127,7 +136,7 @@ class EncoderStack(nn.Module):
         cfg = self.config
         drop = nn.Dropout(cfg.dropout_rate)
         x_BLD = drop(self.embed(tokens_BL), deterministic=deterministic)
-        positions_BL = _positions(tokens_BL, positions_BL)
+        positions_BL = _bias_positions(tokens_BL, segment_ids_BL, positions_BL)
         relpos_bias = RelativePositionBias(cfg, bidirectional=True, name="relpos_bias")
         bias_BHLL = relpos_bias(positions_BL, positions_BL)
         mask_B1LL = masks.key_padding_mask(tokens_BL, cfg.pad_id)
@@ -190,7 +199,7 @@ class DecoderStack(nn.Module):
             if decode:  # first decode call: create the cache, then run as a plain forward pass
                 self.variable("cache", "cache_index", jnp.zeros, (), jnp.int32)
             cache_length = max_decode_length if decode else None
-            q_positions_1L = k_positions_1S = _positions(tokens_BL, positions_BL)
+            q_positions_1L = k_positions_1S = _bias_positions(tokens_BL, segment_ids_BL, positions_BL)
             index_1L = jnp.arange(length, dtype=jnp.int32)[None, :]
             # Causality by index within the row (not by position): with packing, the segment mask below
             # restricts it to each example.
