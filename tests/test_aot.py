@@ -43,7 +43,8 @@ def small_config(**overrides):
 
 def _inputs(config, name, num_slices=1):
     target = topology.resolve(name, num_slices)
-    return target, step_inputs(config, compile_lib.target_mesh(config.mesh, target, topology.devices(target)))
+    mesh = compile_lib.target_mesh(config.mesh, topology.devices(target), target.num_slices)
+    return target, step_inputs(config, mesh)
 
 
 @pytest.mark.parametrize("name", ["v5litepod-4", "v5p:2x2x1"])
@@ -169,3 +170,19 @@ def test_collective_groups_in_every_replica_group_notation():
     gather = found[("all-gather", "ICI")]
     assert gather.count == 1 + 12 and gather.payload_bytes == 2048 + 12 * 1024  # the loop body runs 12 times
     assert gather.traffic_bytes == pytest.approx(gather.payload_bytes * 3 / 4)
+
+
+def test_a_gpu_target_reports_memory_per_device_and_refuses_what_exceeds_the_card(capsys):
+    pytest.importorskip("jax_plugins.xla_cuda12", reason="GPU targets need the CUDA PJRT plugin (the cuda extra)")
+    from sora_jax.aot.dry_run import dry_run_on_topology
+
+    result = dry_run_on_topology(small_config(), "h100x2")
+    memory = result["memory"]
+    assert 79 * 2**30 < memory.hbm < 80 * 2**30  # XLA's H100 SXM description
+    assert 0 < memory.total < memory.hbm
+    assert "memory only" in capsys.readouterr().out
+    # An 8M-row embedding and LM head (32 GiB each in float32) with their AdamW moments, on every card.
+    too_big = small_config(**{"model.d_model": 1024, "mesh.fsdp": 1, "mesh.data": -1,
+                              "tokenizer.vocab_size": 8 * 2**20})
+    with pytest.raises(SoraError, match=r"does not fit in a NVIDIA H100 80GB HBM3's memory: it needs"):
+        dry_run_on_topology(too_big, "h100x2")

@@ -17,7 +17,6 @@ import numpy as np
 from jax.sharding import Mesh
 
 from sora_jax import sharding
-from sora_jax.aot.topology import Target
 from sora_jax.decoding.generator import Generator
 from sora_jax.decoding.search import DecodeOptions
 from sora_jax.errors import SoraError
@@ -25,7 +24,7 @@ from sora_jax.training import oom
 from sora_jax.training.dry_run import StepInputs
 
 
-def target_mesh(mesh_config: Any, target: Target, devices: list[Any]) -> Mesh:
+def target_mesh(mesh_config: Any, devices: list[Any], num_slices: int = 1) -> Mesh:
     """config.mesh over `devices`. fsdp=0 (automatic) is what a run on the slice would pick: the chips of one host
     when the slice has several hosts, else 1. Several slices with every dcn_* at 1 split the first of data, fsdp
     and tensor that divides over them (data parallelism across slices when it can, as a pod user would)."""
@@ -34,11 +33,11 @@ def target_mesh(mesh_config: Any, target: Target, devices: list[Any]) -> Mesh:
     if sizes["fsdp"] == 0:
         hosts = len({d.process_index for d in devices})
         sizes["fsdp"] = len(devices) // hosts if hosts > 1 else 1
-    if target.num_slices > 1 and math.prod(dcn.values()) == 1:
+    if num_slices > 1 and math.prod(dcn.values()) == 1:
         shape = dict(zip(sharding.MESH_AXES, sharding.resolve_mesh_shape(sizes, len(devices)), strict=True))
-        axis = next((a for a in ("data", "fsdp", "tensor") if shape[a] % target.num_slices == 0), "data")
-        dcn[axis] = target.num_slices
-        print(f"note: config.mesh.dcn_* are all 1; the {target.num_slices} slices split mesh axis {axis!r} "
+        axis = next((a for a in ("data", "fsdp", "tensor") if shape[a] % num_slices == 0), "data")
+        dcn[axis] = num_slices
+        print(f"note: config.mesh.dcn_* are all 1; the {num_slices} slices split mesh axis {axis!r} "
               f"(set config.mesh.dcn_{axis} or another dcn_* to choose)")
     return sharding.make_mesh(sizes, devices, dcn=dcn)
 

@@ -50,12 +50,12 @@ class StepInputs:
     teacher: Any
     arguments: tuple  # (abstract state, abstract batch[, teacher params]): ShapeDtypeStructs with shardings
 
-    def compile(self) -> Any:
+    def compile(self, compiler_options: dict[str, str] | None = None) -> Any:
         """Lower and compile the train step for the mesh's devices (local, or a TPU topology's)."""
         with sharding.activate(self.mesh, self.rules):
             step = step_lib.compile_train_step(self.setup, step_lib.StepOptions.from_config(self.config), self.mesh,
                                                self.teacher)
-            return step.lower(*self.arguments).compile()
+            return step.lower(*self.arguments).compile(compiler_options=compiler_options)
 
 
 def step_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
