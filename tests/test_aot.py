@@ -128,7 +128,8 @@ def test_a_saved_executable_loads_back_and_a_mismatched_one_is_refused(tmp_path)
     compiled = inputs.compile()
     manifest = executable.Manifest.for_run(inputs.config, inputs.mesh)
     executable.save(compiled, str(tmp_path / "step"), manifest)
-    loaded = executable.load(str(tmp_path / "step"), executable.Manifest.for_run(inputs.config, inputs.mesh))
+    loaded = executable.load(str(tmp_path / "step"), executable.Manifest.for_run(inputs.config, inputs.mesh),
+                             inputs.mesh)
     setup = inputs.setup
     state = state_lib.init_train_state(setup.init_params, setup.tx, setup.state_shardings, 0, setup.rng_impl)
     rng = np.random.default_rng(0)
@@ -147,10 +148,10 @@ def test_a_saved_executable_loads_back_and_a_mismatched_one_is_refused(tmp_path)
     changed = config.copy_and_resolve_references()
     changed.batch_size = 32
     with pytest.raises(SoraError, match=r"was made for the step's config keys .* \(this run: "):
-        executable.load(str(tmp_path / "step"), executable.Manifest.for_run(changed, inputs.mesh))
+        executable.load(str(tmp_path / "step"), executable.Manifest.for_run(changed, inputs.mesh), inputs.mesh)
     newer = dataclasses.replace(manifest, libtpu="9.9.9")
     with pytest.raises(SoraError, match=r"was made for libtpu .* \(this run: 9\.9\.9\)"):
-        executable.load(str(tmp_path / "step"), newer)
+        executable.load(str(tmp_path / "step"), newer, inputs.mesh)
 
 
 def test_collective_groups_in_every_replica_group_notation():

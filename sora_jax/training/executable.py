@@ -112,9 +112,9 @@ def read_manifest(directory: str) -> Manifest:
         raise SoraError(f"{path} is not a manifest this Sora writes ({e}); compile the step again.") from None
 
 
-def load(directory: str, expected: Manifest) -> Any:
-    """The compiled step saved in `directory`, loaded for this process's devices, when its manifest matches
-    `expected`; otherwise SoraError naming the first difference. Returns a callable like the jitted step."""
+def load(directory: str, expected: Manifest, mesh: jax.sharding.Mesh) -> Any:
+    """The compiled step saved in `directory`, loaded onto `mesh`'s devices, when its manifest matches `expected`;
+    otherwise SoraError naming the first difference. Returns a callable like the jitted step."""
     saved = read_manifest(directory)
     different = saved.mismatch(expected)
     if different is not None:
@@ -122,4 +122,6 @@ def load(directory: str, expected: Manifest) -> Any:
                         "jaxlib, libtpu, the devices, the mesh and the step's config match: compile it again with "
                         "--dry_run --topology=NAME --aot_out, or leave --aot_in out.")
     payload, in_tree, out_tree = pickle.loads((epath.Path(directory) / PAYLOAD).read_bytes())
-    return serialize_executable.deserialize_and_load(payload, in_tree, out_tree)
+    # The mesh's devices in its order: the executable's device assignment (jit's, for shardings on this mesh).
+    return serialize_executable.deserialize_and_load(payload, in_tree, out_tree,
+                                                     execution_devices=list(mesh.devices.flat))

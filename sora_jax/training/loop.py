@@ -177,7 +177,7 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, aot_in: s
             evaluator = data.evaluator(setup.model, config.data, mesh, setup.state_shardings.params)
             train_step = step_lib.compile_train_step(setup, step_lib.StepOptions.from_config(config), mesh, teacher)
             if aot_in:
-                train_step = executable.load(aot_in, executable.Manifest.for_run(config, mesh))
+                train_step = executable.load(aot_in, executable.Manifest.for_run(config, mesh), mesh)
                 log.print(f"train step: the executable compiled ahead of time in {aot_in} (not compiled here)")
             # The first call compiles (or allocates): an out-of-memory there is one line, as in --dry_run.
             train_step = oom.one_line_oom(train_step, "the train step", jax.devices()[0].device_kind)
