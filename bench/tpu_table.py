@@ -120,7 +120,8 @@ def largest_batch(preset: str, target: topology.Target, remat: str, start: int, 
         try:
             with contextlib.redirect_stdout(io.StringIO()):
                 compiled = compile_lib.compile_train_step(inputs)
-                figures = report.train_report(target, inputs, compiled.executable, compiled.seconds)
+                figures = report.train_report(target, inputs, compiled.executable, compiled.seconds,
+                                                     compiled.assigned_temp_bytes)
             log(f"  {preset} on {target.name}, {remat}: {good} rows/chip compiled in {compiled.seconds:.0f} s")
             return good, figures
         except SoraError as e:

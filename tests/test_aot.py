@@ -66,13 +66,17 @@ def test_two_slice_v5e_compile_reports_memory_collectives_and_the_decode_step(ca
     assert dict(inputs.mesh.shape) == {"data": 2, "fsdp": 4, "tensor": 1}
     assert {d.slice_index for d in inputs.mesh.devices[0].flat} != {d.slice_index for d in inputs.mesh.devices[1].flat}
     train = compile_lib.compile_train_step(inputs)
-    figures = report.train_report(target, inputs, train.executable, train.seconds)
+    figures = report.train_report(target, inputs, train.executable, train.seconds,
+                                             train.assigned_temp_bytes)
     memory = figures["memory"]
     state_bytes = figures["param_bytes_per_chip"] + figures["opt_bytes_per_chip"]
     # The compiler's arguments are Sora's sharded state (a quarter of the whole), the batch shard and the RNG key,
     # small arrays padded to the TPU's (8, 128) tiles.
     assert state_bytes <= memory.argument <= state_bytes * 1.5
     assert 0 < memory.total < target.chip.hbm_bytes and memory.headroom == target.chip.hbm_bytes - memory.total
+    # The HBM the buffer assignment reserves for temporaries: no more than memory_analysis says (which also counts
+    # on-chip scratch).
+    assert 0 < memory.assigned_temp <= memory.temp
     found = {(c.kind, c.network): c for c in figures["collectives"]}
     # FSDP gathers the weights inside each slice (a bf16 copy of every matrix at least once); data parallelism sums
     # the gradient shards across the slices (DCN), at least once per chip's f32 share of the params.

@@ -28,7 +28,8 @@ def dry_run_on_topology(config: ml_collections.ConfigDict, name: str, num_slices
     inputs = dry_run_lib.step_inputs(config, mesh, data_dir)
     result: dict[str, Any] = dict(dry_run_lib.dry_run(config, inputs=inputs, compile_step=False))
     train = compile_lib.compile_train_step(inputs)
-    result.update(report.train_report(target, inputs, train.executable, train.seconds))
+    result.update(report.train_report(target, inputs, train.executable, train.seconds,
+                                             train.assigned_temp_bytes))
     if decode:
         step = compile_lib.compile_decode_step(inputs)
         result["decode_memory"] = report.decode_report(step.executable, step.seconds, target.chip.hbm_bytes,

@@ -30,18 +30,21 @@ class Memory:
     temp: int
     code: int
     hbm: int
+    assigned_temp: int | None = None  # the buffer assignment's HBM temporaries (TPU), when read
 
     @classmethod
-    def of(cls, compiled: Any, hbm: int) -> Memory:
-        """From `compiled.memory_analysis()`."""
+    def of(cls, compiled: Any, hbm: int, assigned_temp: int | None = None) -> Memory:
+        """From `compiled.memory_analysis()` (and the buffer assignment's temporaries when known)."""
         m = compiled.memory_analysis()
         return cls(m.argument_size_in_bytes, m.output_size_in_bytes, m.alias_size_in_bytes, m.temp_size_in_bytes,
-                   m.generated_code_size_in_bytes, hbm)
+                   m.generated_code_size_in_bytes, hbm, assigned_temp)
 
     @property
     def total(self) -> int:
-        """Peak bytes the program holds: arguments + outputs not aliased onto them + temporaries + code."""
-        return self.argument + self.output - self.alias + self.temp + self.code
+        """Peak bytes the program holds: arguments + outputs not aliased onto them + temporaries (as the buffer
+        assignment reserves them when known, else memory_analysis') + code."""
+        temp = self.temp if self.assigned_temp is None else self.assigned_temp
+        return self.argument + self.output - self.alias + temp + self.code
 
     @property
     def headroom(self) -> int:
@@ -51,9 +54,11 @@ class Memory:
     def line(self) -> str:
         """'arguments 0.36 GiB, outputs ..., total 12.1 of 15.75 GiB HBM, headroom 3.6 GiB (23 %)'."""
         g = lambda n: f"{n / GIB:.2f} GiB"  # noqa: E731
+        temp = f"temporaries {g(self.temp)}"
+        if self.assigned_temp is not None:
+            temp = f"temporaries {g(self.assigned_temp)} (buffer assignment; memory_analysis says {g(self.temp)})"
         line = (f"arguments {g(self.argument)}, outputs {g(self.output)} ({g(self.alias)} of them aliased onto the "
-                f"arguments), temporaries {g(self.temp)}, code {g(self.code)}; total {g(self.total)} of "
-                f"{g(self.hbm)} HBM")
+                f"arguments), {temp}, code {g(self.code)}; total {g(self.total)} of {g(self.hbm)} HBM")
         if self.headroom >= 0:
             return f"{line}, headroom {g(self.headroom)} ({self.headroom / self.hbm:.0%})"
         # Measured: the TPU compiler fit programs whose memory_analysis temporaries exceed the chip (its buffer
@@ -82,13 +87,14 @@ class Estimate:
         return self.floor_s / self.step_s if self.step_s else 0.0
 
 
-def train_report(target: Target, inputs: StepInputs, compiled: Any, compile_s: float) -> dict[str, Any]:
+def train_report(target: Target, inputs: StepInputs, compiled: Any, compile_s: float,
+                 assigned_temp: int | None = None) -> dict[str, Any]:
     """Print the train step's per-chip memory, FLOPs, collectives and estimates; return them (for tests, bench)."""
     chip, mesh, config = target.chip, inputs.mesh, inputs.config
     abstract = inputs.setup.abstract_state
     param_bytes = params_lib.tree_bytes(abstract.params, per_device=True)
     opt_bytes = params_lib.tree_bytes(abstract.opt_state, per_device=True)
-    memory = Memory.of(compiled, chip.hbm_bytes)
+    memory = Memory.of(compiled, chip.hbm_bytes, assigned_temp)
     step = flops.train_step_flops(inputs.model_config, config.batch_size, config.data.max_input_length,
                                   config.data.max_target_length, config.grad_accum_steps)
     devices = list(mesh.devices.flat)
