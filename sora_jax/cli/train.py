@@ -35,7 +35,8 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
                                     "'.[tpu]'; no TPU is opened)")
     aot.add_argument("--topology", default="",
                      help="with --dry_run: compile for this slice instead of the local devices: a gcloud accelerator "
-                          "type (v4-8, v5litepod-16, v5p-128, v6e-64) or GEN:AxB[xC] (v5p:4x4x8)")
+                          "type (v4-8, v5litepod-16, v5p-128, v6e-64) or GEN:AxB[xC] (v5p:4x4x8); or NVIDIA cards "
+                          "h100, h200x8, ... (memory only; needs the CUDA plugin)")
     aot.add_argument("--num_slices", type=int, default=1, help="with --topology: that many slices (multi-slice, "
                                                                "config.mesh.dcn_* span them)")
     aot.add_argument("--aot_out", default="", metavar="DIR",
