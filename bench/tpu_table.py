@@ -37,9 +37,9 @@ SQUEEZE = "xla_tpu_max_hbm_size_mib"  # libtpu's HBM size override, in MiB
 MODELS = {"small": "t5_v1_1_small", "base": "t5_v1_1_base", "large": "t5_v1_1_large", "xl": "t5_v1_1_xl",
           "xxl": "t5_v1_1_xxl", "mt5_xl": "mt5_xl"}
 TARGETS = ("v5litepod-16", "v5litepod-64", "v5p-32", "v5p-128", "v6e-16", "v6e-64")
-HEADER = ("| model | slice | remat | batch/chip (largest that fits) | params+opt GiB/chip | args GiB | temp GiB | "
-          "total / HBM GiB | headroom | TFLOP/step | floor ms | ICI ms | DCN ms | est. step ms | MFU <= | "
-          "compile s |\n|" + "---|" * 16)
+HEADER = ("| model | slice | remat | batch/chip (largest that fits) | params+opt GiB/chip | args GiB | temp GiB "
+          "(memory_analysis) | total / HBM GiB (temporaries as the buffer assignment holds them) | headroom GiB | "
+          "TFLOP/step | floor ms | ICI ms | DCN ms | est. step ms | MFU <= | compile s |\n|" + "---|" * 16)
 
 
 def pretraining_config(preset: str, per_chip: int, chips: int, remat: str):
