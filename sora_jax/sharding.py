@@ -63,12 +63,25 @@ def make_mesh(sizes: dict[str, int], devices: Sequence[jax.Device] | None = None
             raise SoraError(f"config.mesh.dcn_* spans {math.prod(dcn_shape)} slices but the devices come from "
                             f"{slices}; set the dcn sizes so that their product is the number of slices.")
         ici_shape = tuple(size // d for size, d in zip(shape, dcn_shape, strict=True))
-        device_array = mesh_utils.create_hybrid_device_mesh(ici_shape, dcn_shape, devices=devices)
-    elif devices == list(jax.devices()):
-        device_array = mesh_utils.create_device_mesh(shape, devices=devices)
+        device_array = _physical_mesh(mesh_utils.create_hybrid_device_mesh, ici_shape, dcn_shape, devices=devices)
+    elif devices == list(jax.devices()) or devices[0].platform == "tpu":
+        # TPU devices (local, or a topology's that AOT compiles for) are laid out along the slice's physical axes.
+        device_array = _physical_mesh(mesh_utils.create_device_mesh, shape, devices=devices)
     else:
         device_array = np.asarray(devices).reshape(shape)
     return Mesh(device_array, MESH_AXES, axis_types=(jax.sharding.AxisType.Auto,) * len(MESH_AXES))
+
+
+def _physical_mesh(create: Any, *shape_args: Any, devices: Sequence[jax.Device]) -> np.ndarray:
+    try:
+        return create(*shape_args, devices=devices)
+    except (NotImplementedError, ValueError, AssertionError) as e:
+        axes = dict(zip(MESH_AXES, shape_args[0], strict=True))
+        physical = "x".join(str(n + 1) for n in np.max([getattr(d, "coords", (0,)) for d in devices], axis=0))
+        raise SoraError(f"config.mesh {axes} cannot be laid onto the {physical} physical axes of these "
+                        f"{len(devices)} {devices[0].device_kind} devices ({str(e).splitlines()[0][:160]}); make "
+                        "each mesh axis a product of physical axis sizes (e.g. fsdp = the devices of a whole "
+                        "physical axis or plane).") from None
 
 
 def mesh_from_config(mesh_config: Any) -> Mesh:

@@ -1,6 +1,8 @@
 """Command line of `train.py` / `sora-train`.
 
     python train.py [--config=configs/NAME.py[:ARG]] [--workdir=DIR|gs://BUCKET/PATH] [--config.KEY=VALUE ...]
+    python train.py --config=... --dry_run [--topology=v5p-128 [--num_slices=N] [--aot_out=DIR]]
+    python train.py --config=... --aot_in=DIR      # on that slice: run the step compiled ahead of time
 
 Problems with the input (unknown keys, wrong types, a mesh that doesn't fit, a mismatched workdir, an unreachable
 bucket, a NaN loss) print one line starting with "error:" and exit with status 2; tracebacks are kept for bugs.
@@ -30,6 +32,19 @@ def parse_args(argv: Sequence[str]) -> tuple[argparse.Namespace, dict[str, str]]
                         help="run directory, local or gs://BUCKET/PATH (default: runs/<config name>)")
     parser.add_argument("--dry_run", action="store_true",
                         help="show the mesh, parameters, shardings and memory of the compiled step, then exit")
+    aot = parser.add_argument_group("ahead-of-time compilation for a Cloud TPU slice (needs libtpu: pip install -e "
+                                    "'.[tpu]'; no TPU is opened)")
+    aot.add_argument("--topology", default="",
+                     help="with --dry_run: compile for this slice instead of the local devices: a gcloud accelerator "
+                          "type (v4-8, v5litepod-16, v5p-128, v6e-64) or GEN:AxB[xC] (v5p:4x4x8); or NVIDIA cards "
+                          "h100, h200x8, ... (memory only; needs the CUDA plugin)")
+    aot.add_argument("--num_slices", type=int, default=1, help="with --topology: that many slices (multi-slice, "
+                                                               "config.mesh.dcn_* span them)")
+    aot.add_argument("--aot_out", default="", metavar="DIR",
+                     help="with --topology: save the compiled train step (and its manifest) in DIR")
+    aot.add_argument("--aot_in", default="", metavar="DIR",
+                     help="train with the step saved by --aot_out instead of compiling it (refused unless jax, "
+                          "libtpu, the devices, the mesh and the config match)")
     parser.add_argument("--coordinator_address", default=None, help="multi-process: host:port of process 0")
     parser.add_argument("--num_processes", type=int, default=None, help="multi-process: number of processes")
     parser.add_argument("--process_id", type=int, default=None, help="multi-process: this process's index")
@@ -50,9 +65,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     def body() -> int:
         from sora_jax import config as config_lib
         from sora_jax import distributed
+        from sora_jax.errors import SoraError
         from sora_jax.training.dry_run import dry_run
         from sora_jax.training.loop import run
 
+        if (args.topology or args.num_slices != 1 or args.aot_out) and not (args.dry_run and args.topology):
+            raise SoraError("--topology, --num_slices and --aot_out compile ahead of time: use them together with "
+                            "--dry_run (--num_slices and --aot_out need --topology).")
+        if args.aot_in and args.dry_run:
+            raise SoraError("--aot_in is for a training run; --dry_run compiles the step itself.")
         config = config_lib.load_config_file(args.config)
         config_lib.apply_overrides(config, overrides)
         config_lib.validate(config)
@@ -61,9 +82,15 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.dry_run:
             from sora_jax.workdir import Workdir
 
-            dry_run(config, str(Workdir(workdir).data_dir(config.data.data_dir)))
+            data_dir = str(Workdir(workdir).data_dir(config.data.data_dir))
+            if args.topology:
+                from sora_jax.aot.dry_run import dry_run_on_topology
+
+                dry_run_on_topology(config, args.topology, args.num_slices, data_dir, args.aot_out)
+            else:
+                dry_run(config, data_dir)
             return 0
-        run(config, workdir)
+        run(config, workdir, aot_in=args.aot_in)
         return 0
 
     return run_cli(body)

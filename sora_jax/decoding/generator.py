@@ -57,6 +57,10 @@ class Generator:
                                           out_shardings=self._replicated)
         return self._compiled[key]
 
+    def jitted(self, options: DecodeOptions) -> Any:
+        """The jitted `(params, tokens_BS, rng) -> outputs` for `options` (to lower ahead of time)."""
+        return self._for(options)
+
     def decode(self, params: Any, tokens_BS: jax.Array, options: DecodeOptions,
                rng: jax.Array | None = None) -> jax.Array:
         """int32 [B, max_length] outputs, replicated (see `decoding.decode`); `rng` defaults to options.seed."""

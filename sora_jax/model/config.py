@@ -64,6 +64,11 @@ PRESETS: dict[str, dict[str, Any]] = {
     "t5_v1_1_xxl": dict(
         _T5_V1_1_COMMON, d_model=4096, d_ff=10240, num_heads=64, num_encoder_layers=24, num_decoder_layers=24
     ),
+    # google/mt5-xl: T5 v1.1 XL's shape with the 250k-piece multilingual vocabulary.
+    "mt5_xl": dict(
+        _T5_V1_1_COMMON, vocab_size=250112, d_model=2048, d_ff=5120, num_heads=32, num_encoder_layers=24,
+        num_decoder_layers=24
+    ),
 }
 
 # T5Gemma's released sizes, from google-deepmind/gemma gemma/research/t5gemma/config.py (the official Flax configs):

@@ -6,6 +6,7 @@ the table shows each task's training examples and rate (proportional rates need 
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import jax
@@ -38,10 +39,30 @@ def _gib(num_bytes: float) -> str:
     return f"{num_bytes / 2**30:.3f} GiB"
 
 
-def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, int]:
-    """Print the mixture (if any), the mesh, every parameter's shape and PartitionSpec, per-device state bytes
-    and the compiled train step's memory analysis; return the byte counts (for tests). `data_dir` is where a
-    mixture's tasks are prepared when config.data.data_dir is empty."""
+@dataclasses.dataclass
+class StepInputs:
+    """What compiling the train step needs: the resolved config, mesh, setup and abstract arguments."""
+
+    config: ml_collections.ConfigDict  # resolved: init_from's architecture applied
+    model_config: Any
+    mesh: jax.sharding.Mesh
+    rules: Any
+    setup: state_lib.TrainingSetup
+    teacher: Any
+    arguments: tuple  # (abstract state, abstract batch[, teacher params]): ShapeDtypeStructs with shardings
+
+    def compile(self, compiler_options: dict[str, str] | None = None) -> Any:
+        """Lower and compile the train step for the mesh's devices (local, or a TPU topology's)."""
+        with sharding.activate(self.mesh, self.rules):
+            step = step_lib.compile_train_step(self.setup, step_lib.StepOptions.from_config(self.config), self.mesh,
+                                               self.teacher)
+            return step.lower(*self.arguments).compile(compiler_options=compiler_options)
+
+
+def step_inputs(config: ml_collections.ConfigDict, mesh: jax.sharding.Mesh | None = None,
+                data_dir: str = "") -> StepInputs:
+    """Resolve `config` and build the abstract train state and batch on `mesh` (default: config.mesh over the local
+    devices); nothing is allocated. `data_dir`: where a mixture's tasks are prepared (they are described)."""
     config_lib.validate(config)
     if not (config.data.max_input_length and config.data.max_target_length):
         raise SoraError("config.data max lengths of 0 are read off the training data, which --dry_run does not "
@@ -53,15 +74,33 @@ def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, 
     teacher_config = teacher_lib.resolve_teacher(config)
     if config.data.mixture:
         _print_mixture(config, config.data.data_dir or data_dir)
-    mesh = sharding.mesh_from_config(config.mesh)
+    mesh = sharding.mesh_from_config(config.mesh) if mesh is None else mesh
     rules = sharding.check_rules(config.mesh.logical_axis_rules)
     model_config = resolve_model_config(config.model, _vocab_size(config))
     setup = state_lib.build_training_setup(config, model_config, mesh, rules)
     teacher = (teacher_lib.teacher_setup(config.distill, teacher_config, model_config, mesh, rules)
                if teacher_config is not None else None)
+    batch_spec = sharding.batch_sharding(mesh)
+    lengths = {"encoder": config.data.max_input_length, "decoder": config.data.max_target_length}
+    abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, lengths[k.split("_")[0]]), np.int32,
+                                              sharding=batch_spec) for k in BATCH_KEYS}
+    arguments = (setup.abstract_state, abstract_batch) + (() if teacher is None else (teacher.abstract_params,))
+    return StepInputs(config, model_config, mesh, rules, setup, teacher, arguments)
+
+
+def dry_run(config: ml_collections.ConfigDict, data_dir: str = "", mesh: jax.sharding.Mesh | None = None,
+            inputs: StepInputs | None = None, compile_step: bool = True) -> dict[str, int]:
+    """Print the mixture (if any), the mesh, every parameter's shape and PartitionSpec, per-device state bytes
+    and the compiled train step's memory analysis; return the byte counts (for tests). `data_dir` is where a
+    mixture's tasks are prepared when config.data.data_dir is empty. `mesh`: another mesh than config.mesh over the
+    local devices (e.g. over a TPU topology's devices); `inputs`: already built by `step_inputs`; compile_step=False
+    stops after the state (sora_jax.aot compiles and reports a TPU topology's step itself)."""
+    inputs = step_inputs(config, mesh, data_dir) if inputs is None else inputs
+    config, model_config, mesh, setup, teacher = (inputs.config, inputs.model_config, inputs.mesh, inputs.setup,
+                                                  inputs.teacher)
     abstract = setup.abstract_state
-    print(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} {jax.devices()[0].device_kind} device(s), "
-          f"{jax.process_count()} process(es)")
+    print(f"mesh: {dict(mesh.shape)} over {mesh.devices.size} {mesh.devices.flat[0].device_kind} device(s), "
+          f"{len({d.process_index for d in mesh.devices.flat})} process(es)")
     print(f"model: preset {config.model.preset}, vocab {model_config.vocab_size} (padded to a multiple of "
           f"{VOCAB_MULTIPLE}), dtype {model_config.dtype}, params {model_config.param_dtype}")
     print(f"{'parameter':<58} {'shape':<20} {'dtype':<9} partition")
@@ -75,21 +114,15 @@ def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, 
           f"{_gib(opt_bytes)} ({config.optimizer.name})")
     result = {"params": num_params, "param_bytes_per_device": param_bytes, "opt_bytes_per_device": opt_bytes}
     if setup.trainable is not None:
-        result.update(_lora_summary(config, model_config, mesh, rules, setup, opt_bytes))
+        result.update(_lora_summary(config, model_config, mesh, inputs.rules, setup, opt_bytes))
     if teacher is not None:
         teacher_bytes = params_lib.tree_bytes(teacher.abstract_params, per_device=True)
         print(f"teacher {teacher.spec}: {params_lib.count(teacher.abstract_params):,} parameters, "
               f"{_gib(teacher_bytes)} per device (not trained, no optimizer state)")
         result["teacher_param_bytes_per_device"] = teacher_bytes
-
-    batch_spec = sharding.batch_sharding(mesh)
-    lengths = {"encoder": config.data.max_input_length, "decoder": config.data.max_target_length}
-    abstract_batch = {k: jax.ShapeDtypeStruct((config.batch_size, lengths[k.split("_")[0]]), np.int32,
-                                              sharding=batch_spec) for k in BATCH_KEYS}
-    arguments = (abstract, abstract_batch) + (() if teacher is None else (teacher.abstract_params,))
-    with sharding.activate(mesh, rules):
-        step = step_lib.compile_train_step(setup, step_lib.StepOptions.from_config(config), mesh, teacher)
-        compiled = step.lower(*arguments).compile()
+    if not compile_step:
+        return result
+    compiled = inputs.compile()
     memory = compiled.memory_analysis()
     if memory is not None:
         fields = ("argument_size_in_bytes", "output_size_in_bytes", "temp_size_in_bytes",
@@ -97,8 +130,8 @@ def dry_run(config: ml_collections.ConfigDict, data_dir: str = "") -> dict[str, 
         shown = ", ".join(f"{f.removesuffix('_size_in_bytes')} {_gib(getattr(memory, f))}" for f in fields)
         print(f"compiled train step, per device: {shown}")
         result["temp_bytes_per_device"] = memory.temp_size_in_bytes
-    print(f"batch: {config.batch_size} rows x ({lengths['encoder']} + {lengths['decoder']}) tokens, "
-          f"{config.batch_size // sharding.data_parallel_size(mesh)} rows per data-parallel shard")
+    print(f"batch: {config.batch_size} rows x ({config.data.max_input_length} + {config.data.max_target_length}) "
+          f"tokens, {config.batch_size // sharding.data_parallel_size(mesh)} rows per data-parallel shard")
     result["flops_per_step"] = _print_flops(config, model_config, mesh)
     return result
 
@@ -140,7 +173,7 @@ def _print_flops(config: ml_collections.ConfigDict, model_config: Any, mesh: jax
                       ("encoder_weights", "decoder_weights", "cross_kv", "lm_head", "attention"))
     amount = f"{step.total / 1e12:,.2f} TFLOP" if step.total >= 1e12 else f"{step.total / 1e9:,.2f} GFLOP"
     print(f"FLOPs per train step: {amount} (3 x forward; forward: {parts})")
-    kind = jax.devices()[0].device_kind
+    kind = mesh.devices.flat[0].device_kind
     peak = flops.peak_tflops(kind)
     if peak is not None:
         floor_ms = step.total / (mesh.devices.size * peak * 1e12) * 1e3

@@ -24,7 +24,7 @@ from sora_jax.data.options import DataOptions
 from sora_jax.errors import SoraError
 from sora_jax.evaluation.evaluator import Evaluator, format_metrics
 from sora_jax.model import params as params_lib
-from sora_jax.training import flops, pretrained, run_data
+from sora_jax.training import executable, flops, oom, pretrained, run_data
 from sora_jax.training import state as state_lib
 from sora_jax.training import step as step_lib
 from sora_jax.training import teacher as teacher_lib
@@ -99,9 +99,10 @@ def _check_batch_sizes(config: ml_collections.ConfigDict, mesh: jax.sharding.Mes
                             f"process(es); use a multiple of {np.lcm(dp, processes)}.")
 
 
-def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunResult:
+def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike, aot_in: str = "") -> RunResult:
     """Train (or resume training) `config` in `workdir` (a local path or a bucket URL), evaluate on the test
-    split, return the results."""
+    split, return the results. `aot_in`: a train step compiled ahead of time (`--dry_run --topology --aot_out`),
+    run instead of compiling when it was made for this config, these devices and these versions."""
     # Input checks first: nothing below is compiled until the config, mesh and workdir agree.
     config_lib.validate(config)
     config = config.copy_and_resolve_references()  # Filled in below; the caller's config stays as it was.
@@ -177,6 +178,11 @@ def run(config: ml_collections.ConfigDict, workdir: str | os.PathLike) -> RunRes
         with sharding.activate(mesh, rules):
             evaluator = data.evaluator(setup.model, data_options, mesh, setup.state_shardings.params)
             train_step = step_lib.compile_train_step(setup, step_lib.StepOptions.from_config(config), mesh, teacher)
+            if aot_in:
+                train_step = executable.load(aot_in, executable.Manifest.for_run(config, mesh), mesh)
+                log.print(f"train step: the executable compiled ahead of time in {aot_in} (not compiled here)")
+            # The first call compiles (or allocates): an out-of-memory there is one line, as in --dry_run.
+            train_step = oom.one_line_oom(train_step, "the train step", jax.devices()[0].device_kind)
             if teacher is not None:
                 train_step = _with_teacher(train_step, teacher_params)
             step_flops = flops.train_step_flops(model_config, config.batch_size, config.data.max_input_length,
