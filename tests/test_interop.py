@@ -15,11 +15,12 @@ import shutil
 from pathlib import Path
 
 import flax.linen as nn
+import hf_fixtures
 import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from flax import traverse_util
+from hf_fixtures import FAST_COMPILE, flat, forward
 from jax.sharding import NamedSharding, PartitionSpec
 from safetensors import safe_open
 from safetensors.numpy import save_file
@@ -30,33 +31,13 @@ from sora_jax.decoding.search import greedy_decode
 from sora_jax.errors import SoraError
 from sora_jax.interop import load_hf_t5, save_hf_t5
 from sora_jax.interop.hf_t5_config import config_from_hf, config_to_hf
-from sora_jax.model import EncoderDecoder, ModelConfig
+from sora_jax.model import EncoderDecoder
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_t5"
 VARIANTS = ("t5_v1_0", "t5_v1_1", "mt5")
 TOLERANCE = 1e-4
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-@functools.cache
-def expected(variant: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / variant / "expected.npz") as data:
-        return dict(data)
-
-
-@functools.cache
-def imported(variant: str, scan_layers: bool = False):
-    return load_hf_t5(FIXTURES / variant, scan_layers=scan_layers)
-
-
-@functools.cache
-def forward(cfg: ModelConfig):
-    model = EncoderDecoder(cfg)
-    return jax.jit(lambda p, enc, dec: model.apply({"params": p}, enc, dec), compiler_options=FAST_COMPILE)
-
-
-def flat(tree) -> dict[tuple[str, ...], np.ndarray]:
-    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+expected = functools.partial(hf_fixtures.expected, FIXTURES)
+imported = functools.partial(hf_fixtures.imported, FIXTURES)
 
 
 def read_tensors(file: Path) -> dict[str, np.ndarray]:

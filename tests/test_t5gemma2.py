@@ -14,6 +14,7 @@ import json
 import shutil
 from pathlib import Path
 
+import hf_fixtures
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -21,6 +22,7 @@ import optax
 import pytest
 from flax import linen as nn
 from flax import traverse_util
+from hf_fixtures import FAST_COMPILE, flat, forward, rel_diff
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
@@ -36,33 +38,8 @@ from sora_jax.training.flops import train_step_flops
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_t5gemma2"
 VARIANTS = ("gqa_tied_eoi", "mha_untied")
 TOLERANCE = 1e-4  # max |sora - hf| / max |hf|
-FAST_COMPILE = {"xla_backend_optimization_level": 0}
-
-
-@functools.cache
-def expected(variant: str) -> dict[str, np.ndarray]:
-    with np.load(FIXTURES / variant / "expected.npz") as data:
-        return dict(data)
-
-
-@functools.cache
-def imported(variant: str, scan_layers: bool = False):
-    return load_hf_t5(FIXTURES / variant, scan_layers=scan_layers)
-
-
-@functools.cache
-def forward(cfg: ModelConfig):
-    model = EncoderDecoder(cfg)
-    return jax.jit(lambda p, enc, dec: model.apply({"params": p}, enc, dec), compiler_options=FAST_COMPILE)
-
-
-def rel_diff(logits: np.ndarray, ref: dict[str, np.ndarray]) -> float:
-    valid = ref["decoder_attention_mask"].astype(bool)  # transformers masks decoder padding; Sora needs not
-    return float(np.abs(logits - ref["logits"])[valid].max() / np.abs(ref["logits"])[valid].max())
-
-
-def flat(tree) -> dict[tuple[str, ...], np.ndarray]:
-    return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+expected = functools.partial(hf_fixtures.expected, FIXTURES)
+imported = functools.partial(hf_fixtures.imported, FIXTURES)
 
 
 def stored_tensors(directory: Path) -> dict[str, np.ndarray]:
