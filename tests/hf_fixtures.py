@@ -7,11 +7,13 @@ import functools
 from pathlib import Path
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from sora_jax.interop import load_hf_t5
-from sora_jax.model import EncoderDecoder, ModelConfig
+from sora_jax.decoding.search import beam_search, greedy_decode, sample_decode
+from sora_jax.interop import load_hf_t5, save_hf_t5
+from sora_jax.model import EncoderDecoder, ModelConfig, shift_right
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # Tiny models: compile time dominates, not run time.
 
@@ -45,3 +47,63 @@ def rel_diff(logits: np.ndarray, ref: dict[str, np.ndarray]) -> float:
 def flat(tree) -> dict[tuple[str, ...], np.ndarray]:
     """A param tree as {path: numpy array}."""
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def decode_step_by_step(cfg: ModelConfig, params, enc, decoder_inputs) -> tuple[jax.Array, dict]:
+    """Logits [B, L, V] of `decoder_inputs` fed one token at a time through the KV cache, and the cache as the first
+    call made it (to compare with the full forward pass)."""
+    model = EncoderDecoder(cfg)
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def start(enc, first):
+        encoded = model.apply({"params": params}, enc, method=model.encode)
+        _, variables = model.apply({"params": params}, encoded, enc, first, decode=True,
+                                   max_decode_length=decoder_inputs.shape[1], method=model.decode, mutable=["cache"])
+        return encoded, variables
+
+    encoded, variables = start(enc, decoder_inputs[:, :1])
+    step = jax.jit(lambda cache, tokens: model.apply({"params": params, "cache": cache}, encoded, enc, tokens,
+                                                     decode=True, method=model.decode, mutable=["cache"]),
+                   compiler_options=FAST_COMPILE)
+    first_cache = cache = variables["cache"]
+    steps = []
+    for i in range(decoder_inputs.shape[1]):
+        logits, variables = step(cache, decoder_inputs[:, i:i + 1])
+        cache = variables["cache"]
+        steps.append(logits[:, 0])
+    return jnp.stack(steps, axis=1), first_cache
+
+
+def check_beam_search_and_sampling(cfg: ModelConfig, params, enc) -> None:
+    """Beam search of width 1 is greedy; width 3 scores its best beam as its teacher-forced log-probability and
+    never below greedy's; top-k=1 sampling is greedy."""
+    model = EncoderDecoder(cfg)
+
+    def jitted(fn, **kwargs):
+        return jax.jit(functools.partial(fn, model=model, max_length=6, **kwargs), compiler_options=FAST_COMPILE)
+
+    greedy = jitted(greedy_decode)(params, enc)
+    one, _ = jitted(beam_search, beam_size=1, alpha=0.0)(params, enc)
+    np.testing.assert_array_equal(one[:, 0], greedy)
+    beams, scores = jitted(beam_search, beam_size=3, alpha=0.0)(params, enc)
+
+    def log_prob(tokens_BL):  # teacher-forced total log-probability up to and including EOS
+        logp = jax.nn.log_softmax(forward(cfg)(params, enc, shift_right(tokens_BL, cfg.decoder_start_id)))
+        picked = jnp.take_along_axis(logp, tokens_BL[..., None], axis=-1)[..., 0]
+        ended = jnp.cumsum(tokens_BL == cfg.eos_id, axis=1) - (tokens_BL == cfg.eos_id)
+        return jnp.sum(jnp.where(ended == 0, picked, 0.0), axis=1)
+
+    np.testing.assert_allclose(scores[:, 0], log_prob(beams[:, 0]), rtol=1e-4, atol=1e-4)
+    assert (scores[:, 0] >= log_prob(greedy) - 1e-5).all()
+    sampled = jitted(sample_decode, top_k=1)(params, enc, jax.random.key(0))
+    np.testing.assert_array_equal(sampled, greedy)
+
+
+def check_export_round_trip(directory: Path, cfg: ModelConfig, params, tokenizer, scan: bool) -> None:
+    """save_hf_t5 then load_hf_t5 gives back the same config, params (bitwise) and tokenizer presence."""
+    save_hf_t5(directory, cfg, params, tokenizer)
+    cfg2, params2, tokenizer2 = load_hf_t5(directory, scan_layers=scan)
+    assert cfg2 == cfg
+    a, b = flat(params), flat(params2)
+    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
+    assert (tokenizer2 is None) == (tokenizer is None)

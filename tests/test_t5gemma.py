@@ -21,13 +21,13 @@ import optax
 import pytest
 from flax import linen as nn
 from flax import traverse_util
-from hf_fixtures import FAST_COMPILE, flat, forward, rel_diff
+from hf_fixtures import FAST_COMPILE, forward, rel_diff
 from safetensors import safe_open
 
 from sora_jax import config as config_lib
-from sora_jax.decoding.search import beam_search, greedy_decode, sample_decode
+from sora_jax.decoding.search import greedy_decode
 from sora_jax.errors import SoraError
-from sora_jax.interop import load_hf_t5, save_hf_t5
+from sora_jax.interop import load_hf_t5
 from sora_jax.interop.hf_t5 import checkpoint_tokenizer
 from sora_jax.model import EncoderDecoder, ModelConfig, shift_right
 from sora_jax.training import pretrained
@@ -120,53 +120,17 @@ def test_greedy_decode_matches_generate(variant, scan):
 def test_cached_steps_equal_the_full_forward_pass():
     cfg, params, _ = imported("gqa_window_softcap")
     ref = expected("gqa_window_softcap")
-    model = EncoderDecoder(cfg)
     enc = jnp.asarray(ref["input_ids"])
     targets = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size, (3, 9)))
     decoder_inputs = shift_right(targets, cfg.decoder_start_id)
     full = forward(cfg)(params, enc, decoder_inputs)
-
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-    def start(enc, first):
-        encoded = model.apply({"params": params}, enc, method=model.encode)
-        _, variables = model.apply({"params": params}, encoded, enc, first, decode=True, max_decode_length=9,
-                                   method=model.decode, mutable=["cache"])
-        return encoded, variables
-
-    encoded, variables = start(enc, decoder_inputs[:, :1])
-    step = jax.jit(lambda cache, tokens: model.apply({"params": params, "cache": cache}, encoded, enc, tokens,
-                                                     decode=True, method=model.decode, mutable=["cache"]),
-                   compiler_options=FAST_COMPILE)
-    cache, steps = variables["cache"], []
-    for i in range(9):
-        logits, variables = step(cache, decoder_inputs[:, i:i + 1])
-        cache = variables["cache"]
-        steps.append(logits[:, 0])
-    np.testing.assert_allclose(np.stack(steps, axis=1), full, rtol=1e-5, atol=1e-5)
+    steps, _ = hf_fixtures.decode_step_by_step(cfg, params, enc, decoder_inputs)
+    np.testing.assert_allclose(steps, full, rtol=1e-5, atol=1e-5)
 
 
 def test_beam_search_and_sampling():
     cfg, params, _ = imported("gqa_window_softcap")
-    model = EncoderDecoder(cfg)
-    enc = jnp.asarray(expected("gqa_window_softcap")["input_ids"])
-    def jitted(fn, **kwargs):
-        return jax.jit(functools.partial(fn, model=model, max_length=6, **kwargs), compiler_options=FAST_COMPILE)
-
-    greedy = jitted(greedy_decode)(params, enc)
-    one, _ = jitted(beam_search, beam_size=1, alpha=0.0)(params, enc)
-    np.testing.assert_array_equal(one[:, 0], greedy)
-    beams, scores = jitted(beam_search, beam_size=3, alpha=0.0)(params, enc)
-
-    def log_prob(tokens_BL):  # teacher-forced total log-probability up to and including EOS
-        logp = jax.nn.log_softmax(forward(cfg)(params, enc, shift_right(tokens_BL, cfg.decoder_start_id)))
-        picked = jnp.take_along_axis(logp, tokens_BL[..., None], axis=-1)[..., 0]
-        ended = jnp.cumsum(tokens_BL == cfg.eos_id, axis=1) - (tokens_BL == cfg.eos_id)
-        return jnp.sum(jnp.where(ended == 0, picked, 0.0), axis=1)
-
-    np.testing.assert_allclose(scores[:, 0], log_prob(beams[:, 0]), rtol=1e-4, atol=1e-4)
-    assert (scores[:, 0] >= log_prob(greedy) - 1e-5).all()
-    sampled = jitted(sample_decode, top_k=1)(params, enc, jax.random.key(0))
-    np.testing.assert_array_equal(sampled, greedy)
+    hf_fixtures.check_beam_search_and_sampling(cfg, params, jnp.asarray(expected("gqa_window_softcap")["input_ids"]))
 
 
 # ---------------------------------------------------------------- export round trips
@@ -175,13 +139,7 @@ def test_beam_search_and_sampling():
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_export_round_trip(variant, scan, tmp_path):
-    cfg, params, tokenizer = imported(variant, scan)
-    save_hf_t5(tmp_path, cfg, params, tokenizer)
-    cfg2, params2, tokenizer2 = load_hf_t5(tmp_path, scan_layers=scan)
-    assert cfg2 == cfg
-    a, b = flat(params), flat(params2)
-    assert a.keys() == b.keys() and all(np.array_equal(a[k], b[k]) for k in a)
-    assert (tokenizer2 is None) == (tokenizer is None)
+    hf_fixtures.check_export_round_trip(tmp_path, *imported(variant, scan), scan)
     original = {}
     for file in (FIXTURES / variant).glob("*.safetensors"):
         with safe_open(file, framework="numpy") as f:
