@@ -161,16 +161,12 @@ class Checkpointer:
         A write the storage rejects, of this save or of the previous one (awaited first), is a
         `paths.StorageUnreachable` line; that step is not committed, so no later run takes it for a checkpoint.
         """
-        # Ask the bucket first: when it stops answering while orbax creates the step's folder, orbax waits out its
-        # 300 s coordination timeout per item before it reports the error.
-        if paths.is_remote(self.directory) and not paths.bucket_exists(self.directory):
-            raise FileNotFoundError(f"the bucket {paths.bucket_of(self.directory)} is gone")
         self.wait()
+        args = ocp.args.Composite(state=ocp.args.StandardSave(state), data=DataStateSave(data_iterator))
         with self._writing(step):
-            self._manager.save(step, args=ocp.args.Composite(
-                state=ocp.args.StandardSave(state),
-                data=DataStateSave(data_iterator),
-            ), force=True)
+            # orbax's save creates the step's folder before it returns, and waits without a bound when the bucket
+            # goes away meanwhile.
+            paths.while_bucket_answers(self.directory, lambda: self._manager.save(step, args=args, force=True))
         self._in_flight = step
 
     def _writing(self, step: int) -> contextlib.AbstractContextManager[None]:
@@ -276,7 +272,7 @@ class Checkpointer:
             self._manager.wait_until_finished()
             return
         with self._writing(step):
-            self._manager.wait_until_finished()
+            paths.while_bucket_answers(self.directory, self._manager.wait_until_finished)
 
     def close(self) -> None:
         self.wait()

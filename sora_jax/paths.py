@@ -13,8 +13,9 @@ import contextlib
 import logging
 import os
 import re
+import threading
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from etils import epath
@@ -25,6 +26,8 @@ PathLike = str | os.PathLike | epath.Path
 
 # How long a bucket may take to answer the first request before a run gives up on it.
 BUCKET_CHECK_TIMEOUT_S = 30.0
+# How often a long write to a bucket asks whether the bucket still answers (`while_bucket_answers`).
+BUCKET_POLL_S = 5.0
 
 
 def as_path(path: PathLike) -> epath.Path:
@@ -95,6 +98,37 @@ def bucket_exists(path: PathLike) -> bool:
         raise TimeoutError(f"the bucket {bucket} did not answer within {BUCKET_CHECK_TIMEOUT_S:.0f} s") from None
     finally:
         pool.shutdown(wait=False)
+
+
+def while_bucket_answers[T](path: PathLike, work: Callable[[], T]) -> T:
+    """`work()`; for a bucket path, the bucket is asked every BUCKET_POLL_S meanwhile, and once it stops answering
+    an OSError (FileNotFoundError, TimeoutError or the client's error) is raised here while `work` is left
+    behind in its daemon thread.
+
+    For writers that wait without a bound when the storage goes away mid-call: orbax's threads wait out a 300 s
+    coordination timeout per item when the bucket is lost while it creates a step's folder.
+    """
+    if not is_remote(path):
+        return work()
+    result: list[T] = []
+    failure: list[BaseException] = []
+    finished = threading.Event()
+
+    def run() -> None:
+        try:
+            result.append(work())
+        except BaseException as e:  # noqa: BLE001 - re-raised in the caller's thread below.
+            failure.append(e)
+        finally:
+            finished.set()
+
+    threading.Thread(target=run, name="sora-storage-work", daemon=True).start()
+    while not finished.wait(BUCKET_POLL_S):
+        if not bucket_exists(path):
+            raise FileNotFoundError(f"the bucket {bucket_of(path)} is gone")
+    if failure:
+        raise failure[0]
+    return result[0]
 
 
 # tensorstore (orbax's reader and writer) appends the whole JSON spec of what it opened to its messages.
