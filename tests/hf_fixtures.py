@@ -74,6 +74,18 @@ def decode_step_by_step(cfg: ModelConfig, params, enc, decoder_inputs) -> tuple[
     return jnp.stack(steps, axis=1), first_cache
 
 
+def self_cache_lengths(cfg: ModelConfig, cache: dict) -> dict[bool, set[int]]:
+    """{whether a decoder layer is sliding: the lengths of those layers' self-attention buffers}."""
+    sliding = cfg.sliding_layers("decoder")
+    if cfg.scan_layers:  # One scanned buffer for every layer.
+        length = cache["decoder"]["layers"]["self_attention"]["cached_key"].shape[2]
+        return {flag: {length} for flag in set(sliding)}
+    lengths: dict[bool, set[int]] = {}
+    for i, flag in enumerate(sliding):
+        lengths.setdefault(flag, set()).add(cache["decoder"][f"layers_{i}"]["self_attention"]["cached_key"].shape[1])
+    return lengths
+
+
 def check_beam_search_and_sampling(cfg: ModelConfig, params, enc) -> None:
     """Beam search of width 1 is greedy; width 3 scores its best beam as its teacher-forced log-probability and
     never below greedy's; top-k=1 sampling is greedy."""

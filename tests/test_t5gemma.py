@@ -124,8 +124,11 @@ def test_cached_steps_equal_the_full_forward_pass():
     targets = jnp.asarray(np.random.default_rng(0).integers(4, cfg.vocab_size, (3, 9)))
     decoder_inputs = shift_right(targets, cfg.decoder_start_id)
     full = forward(cfg)(params, enc, decoder_inputs)
-    steps, _ = hf_fixtures.decode_step_by_step(cfg, params, enc, decoder_inputs)
+    steps, cache = hf_fixtures.decode_step_by_step(cfg, params, enc, decoder_inputs)
     np.testing.assert_allclose(steps, full, rtol=1e-5, atol=1e-5)
+    # A sliding layer keeps only its window (written round-robin), a global layer every step.
+    lengths = hf_fixtures.self_cache_lengths(cfg, cache)
+    assert lengths == {True: {cfg.sliding_window}, False: {decoder_inputs.shape[1]}}, lengths
 
 
 def test_beam_search_and_sampling():

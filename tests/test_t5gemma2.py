@@ -144,6 +144,11 @@ def test_cached_steps_equal_the_full_forward_pass(scan):
     layer = cache["decoder"]["layers" if scan else "layers_0"]["self_attention"]
     assert {"cached_key", "cached_cross_key"} <= set(layer)  # merged: the decoder's keys and the encoder's
     np.testing.assert_allclose(steps, full, rtol=1e-5, atol=1e-5)
+    # A sliding layer keeps only its window (written round-robin); scanned layers share one full-length shape.
+    lengths = hf_fixtures.self_cache_lengths(cfg, cache)
+    window = decoder_inputs.shape[1] if scan else cfg.sliding_window
+    assert cfg.sliding_window < decoder_inputs.shape[1]
+    assert lengths == {True: {window}, False: {decoder_inputs.shape[1]}}, lengths
 
 
 def test_beam_search_and_sampling():

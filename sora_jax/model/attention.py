@@ -67,8 +67,9 @@ class MultiHeadAttention(nn.Module):
     Decoding (decode=True) keeps its state in the "cache" collection:
       * self-attention: `cached_key` / `cached_value` [B, cache_length, H, K]. The first decode call (no
         cache yet) only creates zeroed buffers and attends normally over its own input. Every later call
-        writes its Lq new keys/values at `decode_index` and attends over the whole buffer; the caller's
-        mask must hide the slots after the current position.
+        writes its Lq new keys/values at `decode_index` modulo cache_length (a sliding layer's buffer holds only
+        its window, written round-robin) and attends over the whole buffer; the caller's mask must hide the
+        slots not written yet and those after the current position (`masks.cache_slot_positions`).
       * cross-attention: the encoder's keys/values are projected once on the first decode call and reused
         by every later step, so steps never re-project the encoder output.
       * merged (T5Gemma 2's decoder): both; the encoder's keys/values are `cached_cross_key` / `cached_cross_value`.
@@ -161,7 +162,8 @@ class MultiHeadAttention(nn.Module):
             if cache_ready:
                 if decode_index is None:
                     raise ValueError("decode_index is required for a cached self-attention step.")
-                start = (0, decode_index, 0, 0)
+                # A buffer shorter than the sequence (a sliding layer's window) is written round-robin.
+                start = (0, jnp.mod(decode_index, cached_key.value.shape[1]), 0, 0)
                 cached_key.value = jax.lax.dynamic_update_slice(cached_key.value, k_BSHK.astype(dtype), start)
                 cached_value.value = jax.lax.dynamic_update_slice(
                     cached_value.value, v_BSHK.astype(dtype), start

@@ -68,7 +68,7 @@ class DecoderLayer(nn.Module):
     config: ModelConfig
     deterministic: bool = True
     decode: bool = False
-    cache_length: int | None = None
+    cache_lengths: tuple[int, int] | None = None  # Self-attention buffers to create: (global layer's, sliding's).
 
     @nn.compact
     def __call__(self, x_BLD: jax.Array, sliding: Any, encoded_BSD: jax.Array, self_masks: Masks,
@@ -79,11 +79,13 @@ class DecoderLayer(nn.Module):
         det = self.deterministic
         drop = nn.Dropout(cfg.dropout_rate)
         merged = cfg.is_t5gemma2
+        # A traced `sliding` (a scanned mix of layer types) comes with equal lengths: scanned buffers share a shape.
+        cache_length = self.cache_lengths[1 if sliding is True else 0] if self.cache_lengths else None
         h_BLD = RMSNorm(cfg, name="self_attention_norm")(x_BLD)
         h_BLD = MultiHeadAttention(cfg, merged=merged, name="self_attention")(
             h_BLD, h_BLD, mask_B1LS=_by_layer_type(sliding, *self_masks), bias_BHLS=self_bias_BHLL,
             rope_sin_cos=_by_layer_type(sliding, *ropes), deterministic=det, decode=self.decode,
-            decode_index=decode_index, cache_length=self.cache_length,
+            decode_index=decode_index, cache_length=cache_length,
             cross_BSD=encoded_BSD if merged else None, cross_mask_B1LS=cross_mask_B1LS if merged else None,
         )
         x_BLD = x_BLD + drop(_sublayer(cfg, "self_attention", h_BLD), deterministic=det)

@@ -29,6 +29,19 @@ def causal_mask(q_positions_BL: jax.Array, k_positions_BS: jax.Array) -> jax.Arr
     return k_positions_BS[:, None, None, :] <= q_positions_BL[:, None, :, None]
 
 
+def cache_slot_positions(last_position: jax.Array, cache_length: int) -> jax.Array:
+    """The position whose key each slot of a self-attention cache holds once the keys up to `last_position` are
+    written, position p in slot p % cache_length (a buffer shorter than the sequence is written round-robin) ->
+    [1, cache_length]; negative for a slot not written yet."""
+    slots_1S = jnp.arange(cache_length, dtype=jnp.int32)[None, :]
+    return last_position - jnp.mod(last_position - slots_1S, cache_length)
+
+
+def cached_keys_mask(q_positions_BL: jax.Array, k_positions_BS: jax.Array) -> jax.Array:
+    """A query may see the written cache slots (k_positions from `cache_slot_positions`) at or before it."""
+    return causal_mask(q_positions_BL, k_positions_BS) & (k_positions_BS >= 0)[:, None, None, :]
+
+
 def window_mask(q_index_BL: jax.Array, k_index_BS: jax.Array, window: int, bidirectional: bool,
                 split: bool = False) -> jax.Array:
     """Sliding-window attention: keys less than `window` indices before the query (and after it when

@@ -106,6 +106,21 @@ class EncoderStack(nn.Module):
         return nn.with_logical_constraint(drop(x_BLD, deterministic=deterministic), ACT_BLD)
 
 
+def _cache_lengths(cfg: ModelConfig, sliding_layers: tuple[bool, ...],
+                   max_length: int | None) -> tuple[int, int] | None:
+    """(a global layer's, a sliding layer's) self-attention buffer length for decoding up to `max_length` tokens
+    (None: each buffer as long as the first call's input).
+
+    A sliding layer's older keys can never be seen again, so it keeps only its window; scanned layers share one
+    buffer shape, so a scanned mix of layer types keeps the full length in every layer."""
+    if max_length is None:
+        return None
+    window = max_length
+    if any(sliding_layers) and not (cfg.scan_layers and len(set(sliding_layers)) > 1):
+        window = min(cfg.sliding_window, max_length)
+    return max_length, window
+
+
 class DecoderStack(nn.Module):
     """Embedding -> layers (sharing one causal position bias, or RoPE) -> final norm -> dropout -> float32 logits
     (soft-capped when final_logit_softcapping is set). `embed` as for EncoderStack.
@@ -117,11 +132,14 @@ class DecoderStack(nn.Module):
     config: ModelConfig
     embed: Embed | None = None
 
-    def _self_cache_length(self) -> int:
-        # The static cache size is the shape of the first layer's self-attention buffer, [..., S, H, K].
+    def _self_cache_lengths(self) -> tuple[int, int]:
+        """(a global layer's, a sliding layer's) self-attention buffer length: the shapes [..., S, H, K] made by the
+        first decode call."""
         cache = self.variables["cache"]
-        first = cache["layers"] if self.config.scan_layers else cache["layers_0"]
-        return first["self_attention"]["cached_key"].shape[-3]
+        cfg = self.config
+        names = ["layers"] if cfg.scan_layers else [f"layers_{i}" for i in range(cfg.num_decoder_layers)]
+        lengths = [cache[name]["self_attention"]["cached_key"].shape[-3] for name in names]
+        return max(lengths), min(lengths)
 
     @nn.compact
     def __call__(
@@ -145,39 +163,45 @@ class DecoderStack(nn.Module):
         x_BLD = drop(embed(tokens_BL), deterministic=deterministic)
 
         decode_index = None
+        sliding_layers = cfg.sliding_layers("decoder")
         stepping = decode and self.has_variable("cache", "cache_index")
         if stepping:
-            # A cached step: queries sit at cache_index.. in a key range covering the whole cache.
+            # A cached step: queries sit at cache_index.., keys at the positions their cache slots hold.
             index_var = self.variable("cache", "cache_index", jnp.zeros, (), jnp.int32)
             decode_index = index_var.value
             q_positions_1L = decode_index + jnp.arange(length, dtype=jnp.int32)[None, :]
-            k_positions_1S = jnp.arange(self._self_cache_length(), dtype=jnp.int32)[None, :]
             index_var.value = decode_index + length
-            self_mask_B1LL = masks.causal_mask(q_positions_1L, k_positions_1S)
-            q_index_1L, k_index_1S = q_positions_1L, k_positions_1S
-            cache_length = None
+            full_length, window_length = self._self_cache_lengths()
+            if length > 1 and window_length < full_length:
+                raise ValueError("a sliding layer's cache holds only its window: feed one token per cached step.")
+            last_position = decode_index + length - 1
+            k_positions_1S = masks.cache_slot_positions(last_position, full_length)
+            self_mask_B1LL = masks.cached_keys_mask(q_positions_1L, k_positions_1S)
+            window_keys_1W = masks.cache_slot_positions(last_position, window_length)
+            window_base = (q_positions_1L, window_keys_1W, masks.cached_keys_mask(q_positions_1L, window_keys_1W))
+            cache_lengths = None
         else:
             if decode:  # first decode call: create the cache, then run as a plain forward pass
                 self.variable("cache", "cache_index", jnp.zeros, (), jnp.int32)
-            cache_length = max_decode_length if decode else None
+            cache_lengths = _cache_lengths(cfg, sliding_layers, max_decode_length) if decode else None
             q_positions_1L = k_positions_1S = _bias_positions(tokens_BL, segment_ids_BL, positions_BL)
             index_1L = jnp.arange(length, dtype=jnp.int32)[None, :]
             # Causality by index within the row (not by position): with packing, the segment mask below
             # restricts it to each example.
             self_mask_B1LL = masks.causal_mask(index_1L, index_1L)
-            q_index_1L = k_index_1S = index_1L
             if segment_ids_BL is not None:
                 self_mask_B1LL = masks.combine_masks(
                     self_mask_B1LL, masks.segment_mask(segment_ids_BL, segment_ids_BL)
                 )
+            window_base = (index_1L, index_1L, self_mask_B1LL)
         # T5 masks no decoder padding: inputs are right-padded, so causality already keeps real queries off
         # pad keys (and pad_id usually equals decoder_start_id, which must stay visible).
-        sliding_layers = cfg.sliding_layers("decoder")
         bias_BHLL = window_B1LL = None
         ropes: Ropes = (None, None)
         if any(sliding_layers):
+            q_index_1L, k_index_1S, base_B1LL = window_base
             window_B1LL = masks.combine_masks(
-                self_mask_B1LL, masks.window_mask(q_index_1L, k_index_1S, cfg.sliding_window, bidirectional=False))
+                base_B1LL, masks.window_mask(q_index_1L, k_index_1S, cfg.sliding_window, bidirectional=False))
         if cfg.is_t5gemma:
             # Keys are cached already rotated, so a step only rotates its own queries and keys.
             ropes = _ropes(cfg, q_positions_1L)
@@ -192,7 +216,7 @@ class DecoderStack(nn.Module):
                 cross_mask_B1LS, masks.segment_mask(segment_ids_BL, encoder_segment_ids_BS)
             )
 
-        attrs = {"deterministic": deterministic, "decode": decode, "cache_length": cache_length}
+        attrs = {"deterministic": deterministic, "decode": decode, "cache_lengths": cache_lengths}
         x_BLD = run_layers(self, DecoderLayer, sliding_layers, attrs, x_BLD, encoded_BSD,
                            (self_mask_B1LL, window_B1LL), bias_BHLL, ropes, cross_mask_B1LS, decode_index)
         y_BLD = drop(RMSNorm(cfg, name="final_norm")(x_BLD), deterministic=deterministic)
@@ -218,9 +242,11 @@ class EncoderDecoder(nn.Module):
       loop: logits_B1V, vars = model.apply({"params": params, "cache": cache}, encoded, enc_tokens, tok_B1,
                                            decode=True, method=model.decode, mutable=["cache"])
             cache = vars["cache"]
-    The first step feeds the start token (position 0); at most N tokens may be fed in total (further writes
-    would be clamped onto the last slot). Every cache leaf except the scalar decoder/cache_index has batch
-    on axis 0 (also when scanned), so beams can be expanded/gathered with one tree_map skipping scalars.
+    The first step feeds the start token (position 0); at most N tokens may be fed in total (later ones would
+    see only the last N). A sliding layer's buffers hold min(sliding_window, N) slots, written round-robin (full
+    length when the layers are scanned with mixed types: scanned buffers share one shape). Every cache leaf except
+    the scalar decoder/cache_index has batch on axis 0 (also when scanned), so beams can be expanded/gathered with
+    one tree_map skipping scalars.
     """
 
     config: ModelConfig
