@@ -1,5 +1,6 @@
 """A run directory in a Cloud Storage bucket, against a real local emulator (tests/gcs.py): a bucket lost mid-run
-is one line and, once it is back, the same command resumes and finishes bitwise as an uninterrupted run;
+is one line and, once it is back, the same command resumes and finishes bitwise as an uninterrupted run (a
+write waiting on a bucket that stops answering gives up within seconds, not orbax's 300 s);
 sora-eval, sora-predict and sora-export read the bucket, and a quantized export is written to and served from it;
 a bucket that does not exist is one line within seconds and no local folder named `gs:` appears. (A run killed
 with SIGKILL resumes bitwise: tests/test_training.py.)
@@ -10,11 +11,13 @@ write orbax's per-array zarr format (config.checkpoint_ocdbt=false); everything 
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import os
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -62,6 +65,34 @@ def test_missing_bucket_is_one_line_and_no_local_folder(emulator, tmp_path, tfds
                            "does not exist"), last
     assert time.monotonic() - started < 60
     assert not list(tmp_path.iterdir())  # Never a local folder named "gs:".
+
+
+def test_a_write_waiting_on_the_bucket_gives_up_once_the_bucket_stops_answering(monkeypatch, tmp_path):
+    from sora_jax import paths
+
+    monkeypatch.setattr(paths, "BUCKET_POLL_S", 0.2)  # Seconds here; the run's defaults are 5 s and 30 s.
+    monkeypatch.setattr(paths, "BUCKET_CHECK_TIMEOUT_S", 3.0)
+    never = threading.Event()
+
+    def stuck() -> None:  # As orbax's save waits on a folder that the lost bucket never creates (300 s).
+        never.wait(30)
+
+    def failing() -> None:
+        raise ValueError("the writer's own error")
+
+    assert paths.while_bucket_answers(tmp_path, lambda: "local, called directly") == "local, called directly"
+    with contextlib.ExitStack() as running:
+        url = running.enter_context(gcs.emulator())
+        with gcs.pointed_at(url):
+            assert paths.while_bucket_answers(f"gs://{gcs.BUCKET}/x", lambda: 7) == 7
+            with pytest.raises(ValueError, match="the writer's own error"):
+                paths.while_bucket_answers(f"gs://{gcs.BUCKET}/x", failing)
+            running.close()  # The bucket stops answering.
+            started = time.monotonic()
+            with pytest.raises(OSError):
+                paths.while_bucket_answers(f"gs://{gcs.BUCKET}/x", stuck)
+            assert time.monotonic() - started < 3.0 + 5.0
+    never.set()
 
 
 def test_bucket_lost_mid_run_is_one_line_then_the_same_command_finishes_bitwise_and_serves_from_it(
