@@ -74,6 +74,15 @@ def _make_pairs(n: int, seed: int = 1) -> list[dict[str, str]]:
     return pairs
 
 
+@pytest.fixture
+def no_device_put(monkeypatch):
+    """Fails the test if anything is placed on a device (errors in reading a checkpoint must come before
+    placement)."""
+    import jax
+
+    monkeypatch.setattr(jax, "device_put", lambda *a, **k: pytest.fail("device_put called"))
+
+
 @pytest.fixture(scope="session")
 def alphabet() -> tuple[str, list[str]]:
     """The Chinese characters and English words that the corpus and the pairs are made of."""

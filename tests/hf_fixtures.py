@@ -4,11 +4,15 @@ expected.npz with transformers' logits and greedy tokens), shared by the T5, T5G
 from __future__ import annotations
 
 import functools
+import json
+import shutil
 from pathlib import Path
 
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
+from flax import linen as nn
 from flax import traverse_util
 
 from sora_jax.decoding.search import beam_search, greedy_decode, sample_decode
@@ -16,6 +20,7 @@ from sora_jax.interop import load_hf_t5, save_hf_t5
 from sora_jax.model import EncoderDecoder, ModelConfig, shift_right
 
 FAST_COMPILE = {"xla_backend_optimization_level": 0}  # Tiny models: compile time dominates, not run time.
+TOLERANCE = 1e-4  # T5Gemma parity: max |sora - hf| / max |hf|
 
 
 @functools.cache
@@ -47,6 +52,81 @@ def rel_diff(logits: np.ndarray, ref: dict[str, np.ndarray]) -> float:
 def flat(tree) -> dict[tuple[str, ...], np.ndarray]:
     """A param tree as {path: numpy array}."""
     return {k: np.asarray(v) for k, v in traverse_util.flatten_dict(tree).items()}
+
+
+def broken_copy(fixtures: Path, tmp_path: Path, variant: str, **edits) -> Path:
+    """A copy of a fixture whose config.json has `edits` applied (`__` reaches into nested objects)."""
+    out = tmp_path / variant
+    shutil.copytree(fixtures / variant, out)
+    config = json.loads((out / "config.json").read_text())
+    for key, value in edits.items():
+        *parents, leaf = key.split("__")
+        node = config
+        for parent in parents:
+            node = node[parent]
+        node[leaf] = value
+    (out / "config.json").write_text(json.dumps(config))
+    return out
+
+
+def check_logits_match_transformers(fixtures: Path, variant: str, scan: bool) -> None:
+    """Teacher-forced float32 logits within TOLERANCE (relative) of transformers'."""
+    cfg, params, _ = imported(fixtures, variant, scan)
+    ref = expected(fixtures, variant)
+    logits = np.asarray(forward(cfg)(params, ref["input_ids"], ref["decoder_input_ids"]))
+    diff = rel_diff(logits, ref)
+    assert diff <= TOLERANCE, f"{variant}: max relative |sora - hf| = {diff}"
+
+
+def check_params_tree_matches_model_init(fixtures: Path, variant: str) -> None:
+    """The imported params have the tree, shapes and dtypes of the model's own init, scanned and not."""
+    for scan in (False, True):
+        cfg, params, _ = imported(fixtures, variant, scan)
+        tokens = jnp.ones((1, 4), jnp.int32)
+        abstract = nn.unbox(jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), tokens, tokens)["params"])
+        got = jax.tree.map(lambda x: (x.shape, x.dtype), params)
+        assert got == jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+
+
+def check_greedy_decode_matches_generate(fixtures: Path, variant: str, scan: bool) -> None:
+    """Cached greedy decoding gives transformers' `generate` tokens, with outputs longer than the window."""
+    cfg, params, _ = imported(fixtures, variant, scan)
+    ref = expected(fixtures, variant)
+    hf = ref["generated"]
+    assert (hf[:, 0] == cfg.decoder_start_id).all() and (hf[:, 1:] == cfg.eos_id).any()
+    max_length = int(ref["max_new_tokens"])
+    assert max_length > cfg.sliding_window + 1  # the cache outgrows the window
+    decode = jax.jit(functools.partial(greedy_decode, model=EncoderDecoder(cfg), max_length=max_length),
+                     compiler_options=FAST_COMPILE)
+    tokens = np.asarray(decode(params, jnp.asarray(ref["input_ids"])))
+    np.testing.assert_array_equal(tokens[:, : hf.shape[1] - 1], hf[:, 1:])
+    assert (tokens[:, hf.shape[1] - 1:] == cfg.pad_id).all()
+
+
+def check_learns_to_copy(cfg: ModelConfig) -> None:
+    """40 Adam steps on copying the first 6 input tokens halve the loss of a freshly initialised model."""
+    model = EncoderDecoder(cfg)
+    rng = np.random.default_rng(0)
+    enc = jnp.asarray(rng.integers(4, cfg.vocab_size, (8, 24)))
+    targets = enc[:, :6]  # copy the first tokens: learnable in a few dozen steps
+    params = nn.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(jax.random.key(0), enc, targets)["params"])
+    optimizer = optax.adam(3e-3)
+
+    def loss_fn(p):
+        logits = model.apply({"params": p}, enc, shift_right(targets, cfg.decoder_start_id))
+        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
+
+    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
+    def step(p, opt_state):
+        loss, grads = jax.value_and_grad(loss_fn)(p)
+        updates, opt_state = optimizer.update(grads, opt_state, p)
+        return optax.apply_updates(p, updates), opt_state, loss
+
+    opt_state, losses = optimizer.init(params), []
+    for _ in range(40):
+        params, opt_state, loss = step(params, opt_state)
+        losses.append(float(loss))
+    assert losses[-1] < 0.5 * losses[0], losses
 
 
 def decode_step_by_step(cfg: ModelConfig, params, enc, decoder_inputs) -> tuple[jax.Array, dict]:

@@ -69,14 +69,6 @@ def edit_tensors(directory: Path, drop: tuple[str, ...] = (), **replace: np.ndar
     save_file(tensors, str(file), metadata={"format": "pt"})
 
 
-@pytest.fixture
-def no_device_put(monkeypatch):
-    """Fails the test if anything is placed on a device (errors must come before placement)."""
-    calls = []
-    monkeypatch.setattr(jax, "device_put", lambda *a, **k: calls.append(a) or pytest.fail("device_put called"))
-    return calls
-
-
 # ---------------------------------------------------------------- golden outputs of the reference implementation
 
 
@@ -95,12 +87,7 @@ def test_logits_match_reference(variant):
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_params_tree_matches_model_init(variant):
-    for scan in (False, True):
-        cfg, params, _ = imported(variant, scan)
-        tokens = jnp.ones((1, 4), jnp.int32)
-        abstract = nn.unbox(jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), tokens, tokens)["params"])
-        got = jax.tree.map(lambda x: (x.shape, x.dtype), params)
-        assert got == jax.tree.map(lambda x: (x.shape, x.dtype), abstract)
+    hf_fixtures.check_params_tree_matches_model_init(FIXTURES, variant)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)

@@ -11,23 +11,20 @@ from __future__ import annotations
 
 import functools
 import json
-import shutil
 from pathlib import Path
 
 import hf_fixtures
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 import pytest
 from flax import linen as nn
 from flax import traverse_util
-from hf_fixtures import FAST_COMPILE, flat, forward, rel_diff
+from hf_fixtures import flat, forward
 from safetensors import safe_open
 from safetensors.numpy import save_file
 
 from sora_jax import config as config_lib
-from sora_jax.decoding.search import greedy_decode
 from sora_jax.errors import SoraError
 from sora_jax.interop import load_hf_t5
 from sora_jax.interop.hf_t5gemma2_layout import VISION_PREFIXES
@@ -37,7 +34,6 @@ from sora_jax.training.flops import train_step_flops
 
 FIXTURES = Path(__file__).parent / "fixtures" / "hf_t5gemma2"
 VARIANTS = ("gqa_tied_eoi", "mha_untied")
-TOLERANCE = 1e-4  # max |sora - hf| / max |hf|
 expected = functools.partial(hf_fixtures.expected, FIXTURES)
 imported = functools.partial(hf_fixtures.imported, FIXTURES)
 
@@ -50,25 +46,8 @@ def stored_tensors(directory: Path) -> dict[str, np.ndarray]:
     return tensors
 
 
-@pytest.fixture
-def no_device_put(monkeypatch):
-    """Fails the test if anything is placed on a device (errors must come before placement)."""
-    monkeypatch.setattr(jax, "device_put", lambda *a, **k: pytest.fail("device_put called"))
-
-
 def broken_copy(tmp_path: Path, variant: str = "gqa_tied_eoi", **edits) -> Path:
-    """A copy of a fixture whose config.json has `edits` applied (`__` reaches into nested objects)."""
-    out = tmp_path / variant
-    shutil.copytree(FIXTURES / variant, out)
-    config = json.loads((out / "config.json").read_text())
-    for key, value in edits.items():
-        *parents, leaf = key.split("__")
-        node = config
-        for parent in parents:
-            node = node[parent]
-        node[leaf] = value
-    (out / "config.json").write_text(json.dumps(config))
-    return out
+    return hf_fixtures.broken_copy(FIXTURES, tmp_path, variant, **edits)
 
 
 # ---------------------------------------------------------------- parity with transformers
@@ -97,21 +76,12 @@ def test_fixtures_cover_every_feature():
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_logits_match_transformers(variant, scan):
-    cfg, params, _ = imported(variant, scan)
-    ref = expected(variant)
-    logits = np.asarray(forward(cfg)(params, ref["input_ids"], ref["decoder_input_ids"]))
-    diff = rel_diff(logits, ref)
-    assert diff <= TOLERANCE, f"{variant}: max relative |sora - hf| = {diff}"
+    hf_fixtures.check_logits_match_transformers(FIXTURES, variant, scan)
 
 
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_params_tree_matches_model_init(variant):
-    for scan in (False, True):
-        cfg, params, _ = imported(variant, scan)
-        tokens = jnp.ones((1, 4), jnp.int32)
-        abstract = nn.unbox(jax.eval_shape(EncoderDecoder(cfg).init, jax.random.key(0), tokens, tokens)["params"])
-        assert jax.tree.map(lambda x: (x.shape, x.dtype), params) == jax.tree.map(lambda x: (x.shape, x.dtype),
-                                                                                   abstract)
+    hf_fixtures.check_params_tree_matches_model_init(FIXTURES, variant)
 
 
 # ---------------------------------------------------------------- decoding with the KV cache
@@ -120,17 +90,7 @@ def test_params_tree_matches_model_init(variant):
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
 @pytest.mark.parametrize("variant", VARIANTS)
 def test_greedy_decode_matches_generate(variant, scan):
-    cfg, params, _ = imported(variant, scan)
-    ref = expected(variant)
-    hf = ref["generated"]
-    assert (hf[:, 0] == cfg.decoder_start_id).all() and (hf[:, 1:] == cfg.eos_id).any()
-    max_length = int(ref["max_new_tokens"])
-    assert max_length > cfg.sliding_window + 1  # the cache outgrows the window
-    decode = jax.jit(functools.partial(greedy_decode, model=EncoderDecoder(cfg), max_length=max_length),
-                     compiler_options=FAST_COMPILE)
-    tokens = np.asarray(decode(params, jnp.asarray(ref["input_ids"])))
-    np.testing.assert_array_equal(tokens[:, : hf.shape[1] - 1], hf[:, 1:])
-    assert (tokens[:, hf.shape[1] - 1:] == cfg.pad_id).all()
+    hf_fixtures.check_greedy_decode_matches_generate(FIXTURES, variant, scan)
 
 
 @pytest.mark.parametrize("scan", [False, True], ids=["unscanned", "scanned"])
@@ -202,28 +162,7 @@ def test_a_tiny_t5gemma2_learns():
     cfg = ModelConfig.from_preset("t5gemma2_tiny", vocab_size=64, d_model=32, d_ff=64, encoder_d_ff=96, d_kv=8,
                                   query_pre_attn_scalar=8.0, sliding_window=4, eoi_id=63, scan_layers=True,
                                   remat_policy="full")
-    model = EncoderDecoder(cfg)
-    rng = np.random.default_rng(0)
-    enc = jnp.asarray(rng.integers(4, 64, (8, 24)))
-    targets = enc[:, :6]  # copy the first tokens: learnable in a few dozen steps
-    params = nn.unbox(jax.jit(model.init, compiler_options=FAST_COMPILE)(jax.random.key(0), enc, targets)["params"])
-    optimizer = optax.adam(3e-3)
-
-    def loss_fn(p):
-        logits = model.apply({"params": p}, enc, shift_right(targets, cfg.decoder_start_id))
-        return optax.softmax_cross_entropy_with_integer_labels(logits, targets).mean()
-
-    @functools.partial(jax.jit, compiler_options=FAST_COMPILE)
-    def step(p, opt_state):
-        loss, grads = jax.value_and_grad(loss_fn)(p)
-        updates, opt_state = optimizer.update(grads, opt_state, p)
-        return optax.apply_updates(p, updates), opt_state, loss
-
-    opt_state, losses = optimizer.init(params), []
-    for _ in range(40):
-        params, opt_state, loss = step(params, opt_state)
-        losses.append(float(loss))
-    assert losses[-1] < 0.5 * losses[0], losses
+    hf_fixtures.check_learns_to_copy(cfg)
 
 
 # ---------------------------------------------------------------- bad input: one line, before any placement
