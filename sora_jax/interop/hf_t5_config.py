@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from sora_jax.errors import SoraError
+from sora_jax.interop.hf_config_checks import TANH_GELUS, fail
 from sora_jax.model.config import ModelConfig
 
 log = logging.getLogger(__name__)
@@ -20,7 +21,6 @@ log = logging.getLogger(__name__)
 MODEL_TYPES = ("t5", "mt5")
 ARCHITECTURES = ("T5ForConditionalGeneration", "MT5ForConditionalGeneration", "T5WithLMHeadModel")
 # HF activation names equal to Sora's gated-MLP activation, GELU with the tanh approximation.
-TANH_GELUS = ("gelu_new", "gelu_pytorch_tanh", "gelu_fast")
 
 _COMMON_DEFAULTS: dict[str, Any] = dict(
     d_kv=64, relative_attention_num_buckets=32, relative_attention_max_distance=128, dropout_rate=0.1,
@@ -59,23 +59,20 @@ _SORA_TO_HF_NAMES = {"num_encoder_layers": "num_layers", "pad_id": "pad_token_id
                      "decoder_start_id": "decoder_start_token_id"}
 
 
-def _fail(file: Path, field: str, problem: str, fix: str) -> None:
-    raise SoraError(f"{file}: {field} {problem}; {fix}.")
-
 
 def _mlp_kind(raw: dict[str, Any], defaults: dict[str, Any], file: Path) -> str:
     """Sora's feed_forward_proj for the MLP that HF would build from these fields."""
     proj = raw.get("feed_forward_proj", defaults["feed_forward_proj"])
     if not isinstance(proj, str):
-        _fail(file, "feed_forward_proj", f"is {proj!r}", "write a string such as \"gated-gelu\" or \"relu\"")
+        fail(file, "feed_forward_proj", f"is {proj!r}", "write a string such as \"gated-gelu\" or \"relu\"")
     parts = proj.split("-")
     if len(parts) > 2 or (len(parts) == 2 and parts[0] != "gated"):
-        _fail(file, "feed_forward_proj", f"is {proj!r}, which is not of the form ACT or gated-ACT",
+        fail(file, "feed_forward_proj", f"is {proj!r}, which is not of the form ACT or gated-ACT",
               "use \"relu\" (T5 v1.0) or \"gated-gelu\" (T5 v1.1, Flan-T5, mT5)")
     implied_gated, implied_act = len(parts) == 2, "gelu_new" if proj == "gated-gelu" else parts[-1]
     gated, act = raw.get("is_gated_act", implied_gated), raw.get("dense_act_fn", implied_act)
     if not isinstance(gated, bool):
-        _fail(file, "is_gated_act", f"is {gated!r}", "write true or false")
+        fail(file, "is_gated_act", f"is {gated!r}", "write true or false")
     if gated and act in TANH_GELUS:
         return "gated-gelu"
     if not gated and act == "relu":
@@ -83,7 +80,7 @@ def _mlp_kind(raw: dict[str, Any], defaults: dict[str, Any], file: Path) -> str:
     # Blame the field that introduced the unsupported combination.
     field = ("dense_act_fn" if act != implied_act else "is_gated_act" if gated != implied_gated
              else "feed_forward_proj")
-    _fail(file, field, f"gives an unsupported MLP (feed_forward_proj={proj!r}, is_gated_act={gated}, "
+    fail(file, field, f"gives an unsupported MLP (feed_forward_proj={proj!r}, is_gated_act={gated}, "
           f"dense_act_fn={act!r})", "Sora supports only \"relu\" (T5 v1.0) and \"gated-gelu\" with tanh GELU "
           "(T5 v1.1, Flan-T5, mT5)")
     raise AssertionError("unreachable")
@@ -97,20 +94,20 @@ def config_from_hf(raw: Any, file: Path, *, dtype: str = "float32", param_dtype:
                         "that transformers' save_pretrained wrote.")
     model_type = raw.get("model_type")
     if model_type not in MODEL_TYPES:
-        _fail(file, "model_type", f"is {model_type!r}",
+        fail(file, "model_type", f"is {model_type!r}",
               f"Sora imports only T5-family encoder-decoders (model_type {' or '.join(MODEL_TYPES)})")
     architectures = raw.get("architectures")
     if architectures is not None and not (isinstance(architectures, list)
                                           and any(a in ARCHITECTURES for a in architectures)):
-        _fail(file, "architectures", f"is {architectures!r}",
+        fail(file, "architectures", f"is {architectures!r}",
               f"Sora imports full encoder-decoder LM checkpoints ({', '.join(ARCHITECTURES[:2])})")
     for field, wanted in (("is_encoder_decoder", True), ("is_decoder", False), ("tie_encoder_decoder", False)):
         if field in raw and raw[field] is not wanted:
-            _fail(file, field, f"is {raw[field]!r}", f"Sora needs {str(wanted).lower()} (a T5 encoder-decoder)")
+            fail(file, field, f"is {raw[field]!r}", f"Sora needs {str(wanted).lower()} (a T5 encoder-decoder)")
     if raw.get("pruned_heads"):
-        _fail(file, "pruned_heads", "is not empty", "Sora cannot import a model with pruned attention heads")
+        fail(file, "pruned_heads", "is not empty", "Sora cannot import a model with pruned attention heads")
     if raw.get("quantization_config") is not None:
-        _fail(file, "quantization_config", "is set", "export an unquantised float checkpoint first")
+        fail(file, "quantization_config", "is set", "export an unquantised float checkpoint first")
     unknown = sorted(set(raw) - set(_ARCH_FIELDS) - _IGNORED_FIELDS - {"quantization_config"})
     if unknown:
         log.warning("%s: ignoring field(s) Sora does not know: %s.", file, ", ".join(unknown))
@@ -123,12 +120,12 @@ def config_from_hf(raw: Any, file: Path, *, dtype: str = "float32", param_dtype:
     for field in (*_INT_FIELDS, "pad_token_id", "eos_token_id", "decoder_start_token_id"):
         value, least = values[field], 1 if field in _INT_FIELDS else 0
         if not isinstance(value, int) or isinstance(value, bool) or value < least:
-            _fail(file, field, f"is {value!r}", f"write one integer >= {least}")
+            fail(file, field, f"is {value!r}", f"write one integer >= {least}")
     for field in ("dropout_rate", "layer_norm_epsilon"):
         if not isinstance(values[field], (int, float)) or isinstance(values[field], bool):
-            _fail(file, field, f"is {values[field]!r}", "write a number")
+            fail(file, field, f"is {values[field]!r}", "write a number")
     if not isinstance(values["tie_word_embeddings"], bool):
-        _fail(file, "tie_word_embeddings", f"is {values['tie_word_embeddings']!r}", "write true or false")
+        fail(file, "tie_word_embeddings", f"is {values['tie_word_embeddings']!r}", "write true or false")
     feed_forward_proj = _mlp_kind(raw, DEFAULTS[model_type], file)
     try:
         return ModelConfig(

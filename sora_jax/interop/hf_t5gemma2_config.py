@@ -16,7 +16,7 @@ from typing import Any
 
 from sora_jax.errors import SoraError
 from sora_jax.interop import hf_t5gemma2_layout
-from sora_jax.interop.hf_t5gemma_config import TANH_GELUS
+from sora_jax.interop.hf_config_checks import TANH_GELUS, check_gemma_lm, check_positive_ints, checked_layer_types, fail
 from sora_jax.model.config import FULL, LAYER_TYPES, SLIDING, ModelConfig
 
 log = logging.getLogger(__name__)
@@ -50,14 +50,11 @@ _TOP_FIELDS = frozenset({"encoder", "decoder", "eoi_token_index", "image_token_i
 _SHARED = ("hidden_size", "vocab_size", "head_dim", "rms_norm_eps", "query_pre_attn_scalar", "rope")
 
 
-def _fail(file: Path, field: str, problem: str, fix: str) -> None:
-    raise SoraError(f"{file}: {field} {problem}; {fix}.")
-
 
 def _check_keys(raw: dict[str, Any], known: frozenset[str] | set[str], file: Path, where: str) -> None:
     unknown = sorted(set(raw) - set(known) - _BOOKKEEPING)
     if unknown:
-        _fail(file, where + unknown[0], "is a field Sora does not know" + (f" (and {len(unknown) - 1} more)"
+        fail(file, where + unknown[0], "is a field Sora does not know" + (f" (and {len(unknown) - 1} more)"
               if len(unknown) > 1 else ""), "Sora imports transformers 5's T5Gemma 2 text fields only; remove it if "
               "it changes nothing")
 
@@ -69,7 +66,7 @@ def _rope(values: dict[str, Any], file: Path, where: str) -> dict[str, tuple[flo
         full = {"rope_type": "default", "rope_theta": values["rope_theta"], **(values["rope_scaling"] or {})}
         params = {FULL: full, SLIDING: {"rope_type": "default", "rope_theta": values["rope_local_base_freq"]}}
     if not isinstance(params, dict) or set(params) - set(LAYER_TYPES):
-        _fail(file, where + "rope_parameters", f"is {params!r}",
+        fail(file, where + "rope_parameters", f"is {params!r}",
               f"give one entry per layer type ({', '.join(LAYER_TYPES)})")
     out = {}
     for layer_type in LAYER_TYPES:
@@ -78,49 +75,42 @@ def _rope(values: dict[str, Any], file: Path, where: str) -> dict[str, tuple[flo
         theta = entry.get("rope_theta", TEXT_DEFAULTS["rope_theta" if layer_type == FULL else "rope_local_base_freq"])
         factor = entry.get("factor", 1.0) if kind == "linear" else 0.0
         if kind not in ("default", "linear") or (kind == "linear" and layer_type == SLIDING):
-            _fail(file, f"{where}rope_parameters.{layer_type}", f"has rope_type {kind!r}",
+            fail(file, f"{where}rope_parameters.{layer_type}", f"has rope_type {kind!r}",
                   "Sora implements default RoPE, and linear scaling on full_attention layers")
         if not isinstance(theta, (int, float)) or theta <= 0 or not isinstance(factor, (int, float)) or factor < 0:
-            _fail(file, f"{where}rope_parameters.{layer_type}", f"is {entry!r}", "write a positive rope_theta/factor")
+            fail(file, f"{where}rope_parameters.{layer_type}", f"is {entry!r}", "write a positive rope_theta/factor")
         out[layer_type] = (float(theta), 0.0 if factor == 1.0 else float(factor))
     return out
 
 
 def _text(raw: Any, file: Path, where: str) -> dict[str, Any]:
     if not isinstance(raw, dict):
-        _fail(file, where.rstrip("."), f"is {type(raw).__name__}, not an object", "use the config.json saved with "
+        fail(file, where.rstrip("."), f"is {type(raw).__name__}, not an object", "use the config.json saved with "
               "the weights")
     _check_keys(raw, set(TEXT_DEFAULTS) | {"_sliding_window_pattern", "use_bidirectional_attention"}, file, where)
     if raw.get("use_bidirectional_attention"):  # Gemma 3's flag (EmbeddingGemma); T5Gemma 2's configs drop it
-        _fail(file, where + "use_bidirectional_attention", "is true", "T5Gemma 2's stacks decide their own masks; "
+        fail(file, where + "use_bidirectional_attention", "is true", "T5Gemma 2's stacks decide their own masks; "
               "remove it")
     values = {**TEXT_DEFAULTS, **raw}
     if values["hidden_activation"] not in TANH_GELUS:
-        _fail(file, where + "hidden_activation", f"is {values['hidden_activation']!r}",
+        fail(file, where + "hidden_activation", f"is {values['hidden_activation']!r}",
               "Sora's T5Gemma 2 MLP is GeGLU with tanh GELU (gelu_pytorch_tanh)")
     if values["attention_bias"]:
-        _fail(file, where + "attention_bias", "is true", "Sora's attention projections have no bias")
+        fail(file, where + "attention_bias", "is true", "Sora's attention projections have no bias")
     if values["attention_dropout"]:
-        _fail(file, where + "attention_dropout", f"is {values['attention_dropout']!r}",
+        fail(file, where + "attention_dropout", f"is {values['attention_dropout']!r}",
               "Sora has no dropout on attention probabilities; set it to 0")
-    for field in ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
-                  "head_dim", "num_key_value_heads"):
-        if not isinstance(values[field], int) or isinstance(values[field], bool) or values[field] < 1:
-            _fail(file, where + field, f"is {values[field]!r}", "write one integer >= 1")
+    fields = ("vocab_size", "hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "head_dim", "num_key_value_heads")
+    check_positive_ints(values, fields, file, where)
     layers = values["num_hidden_layers"]
     types = values["layer_types"]
     if types is None:  # Gemma 3: every sliding_window_pattern-th layer is global
         period = raw.get("_sliding_window_pattern", values["sliding_window_pattern"])
         types = [SLIDING if (i + 1) % period else FULL for i in range(layers)]
-    if not isinstance(types, list) or len(types) != layers:
-        _fail(file, where + "layer_types", f"is {types!r}", f"give {layers} entries (num_hidden_layers)")
-    unknown_types = [t for t in types if t not in LAYER_TYPES]
-    if unknown_types:
-        _fail(file, where + "layer_types", f"has {unknown_types[0]!r}",
-              f"Sora implements {' and '.join(LAYER_TYPES)} layers only")
-    values["layer_types"] = tuple(types)
+    values["layer_types"] = checked_layer_types(types, layers, file, where)
     if SLIDING in types and (not isinstance(values["sliding_window"], int) or values["sliding_window"] < 1):
-        _fail(file, where + "sliding_window", f"is {values['sliding_window']!r}", "write the window (an integer)")
+        fail(file, where + "sliding_window", f"is {values['sliding_window']!r}", "write the window (an integer)")
     values["sliding_window"] = values["sliding_window"] if SLIDING in types else 0
     values["rope"] = _rope(values, file, where)
     if values["attn_logit_softcapping"] is not None:
@@ -132,21 +122,11 @@ def _text(raw: Any, file: Path, where: str) -> dict[str, Any]:
 def config_from_hf(raw: dict[str, Any], file: Path, *, dtype: str = "float32", param_dtype: str = "float32",
                    scan_layers: bool = False) -> ModelConfig:
     """ModelConfig of the text part of the T5Gemma2ForConditionalGeneration a parsed `config.json` describes."""
-    architectures = raw.get("architectures")
-    if architectures is not None and not (isinstance(architectures, list) and ARCHITECTURES[0] in architectures):
-        _fail(file, "architectures", f"is {architectures!r}",
-              f"Sora imports the full encoder-decoder LM ({ARCHITECTURES[0]})")
-    if raw.get("is_encoder_decoder", True) is not True:
-        _fail(file, "is_encoder_decoder", "is false", "Sora needs the encoder-decoder, not an encoder-only model")
-    if raw.get("quantization_config") is not None:
-        _fail(file, "quantization_config", "is set", "export an unquantised float checkpoint first")
-    if raw.get("attention_dropout"):
-        _fail(file, "attention_dropout", f"is {raw['attention_dropout']!r}",
-              "Sora has no dropout on attention probabilities; set it to 0 (dropout_rate is supported)")
+    check_gemma_lm(raw, file, ARCHITECTURES[0])
     _check_keys(raw, _TOP_FIELDS, file, "")
     encoder = raw.get("encoder") or {}
     if not isinstance(encoder, dict):
-        _fail(file, "encoder", f"is {type(encoder).__name__}, not an object", "use the config.json saved with the "
+        fail(file, "encoder", f"is {type(encoder).__name__}, not an object", "use the config.json saved with the "
               "weights")
     _check_keys(encoder, _ENCODER_FIELDS, file, "encoder.")
     if encoder.get("vision_config") is not None:
@@ -158,17 +138,17 @@ def config_from_hf(raw: dict[str, Any], file: Path, *, dtype: str = "float32", p
     for field in _SHARED:
         if enc[field] != dec[field]:
             name = "rope_parameters" if field == "rope" else field  # as read: {layer type: (theta, factor)}
-            _fail(file, f"decoder.{name}", f"is {dec[field]!r} but encoder.text_config.{name} is {enc[field]!r}",
+            fail(file, f"decoder.{name}", f"is {dec[field]!r} but encoder.text_config.{name} is {enc[field]!r}",
                   "Sora's T5Gemma 2 needs the same value in both stacks")
     if 0 not in (enc["sliding_window"], dec["sliding_window"]) and enc["sliding_window"] != dec["sliding_window"]:
-        _fail(file, "decoder.sliding_window", f"is {dec['sliding_window']} but encoder.text_config.sliding_window is "
+        fail(file, "decoder.sliding_window", f"is {dec['sliding_window']} but encoder.text_config.sliding_window is "
               f"{enc['sliding_window']}", "Sora's T5Gemma 2 needs one window for both stacks")
     tied = raw.get("tie_word_embeddings", True)
     if not isinstance(tied, bool):
-        _fail(file, "tie_word_embeddings", f"is {tied!r}", "write true or false")
+        fail(file, "tie_word_embeddings", f"is {tied!r}", "write true or false")
     eoi = raw.get("eoi_token_index", encoder.get("eoi_token_index", 256_000))
     if eoi is not None and (not isinstance(eoi, int) or isinstance(eoi, bool) or eoi < 0):
-        _fail(file, "eoi_token_index", f"is {eoi!r}", "write a token id")
+        fail(file, "eoi_token_index", f"is {eoi!r}", "write a token id")
     (full_theta, factor), (local_theta, _) = dec["rope"][FULL], dec["rope"][SLIDING]
     dropout = raw.get("dropout_rate", 0.0)
     fields = dict(

@@ -14,13 +14,13 @@ from pathlib import Path
 from typing import Any
 
 from sora_jax.errors import SoraError
-from sora_jax.model.config import LAYER_TYPES, SLIDING, ModelConfig
+from sora_jax.interop.hf_config_checks import TANH_GELUS, check_gemma_lm, check_positive_ints, checked_layer_types, fail
+from sora_jax.model.config import SLIDING, ModelConfig
 
 log = logging.getLogger(__name__)
 
 MODEL_TYPE = "t5gemma"
 ARCHITECTURES = ("T5GemmaForConditionalGeneration",)
-TANH_GELUS = ("gelu_pytorch_tanh", "gelu_new", "gelu_fast")
 
 # transformers' T5GemmaModuleConfig keyword defaults (4.57).
 MODULE_DEFAULTS: dict[str, Any] = dict(
@@ -52,14 +52,11 @@ _TOP_FIELDS = frozenset({
 })
 
 
-def _fail(file: Path, field: str, problem: str, fix: str) -> None:
-    raise SoraError(f"{file}: {field} {problem}; {fix}.")
-
 
 def _module(raw: dict[str, Any], name: str, file: Path) -> dict[str, Any]:
     sub = raw.get(name)
     if not isinstance(sub, dict):
-        _fail(file, name, f"is {type(sub).__name__}, not an object", "use the config.json saved with the weights")
+        fail(file, name, f"is {type(sub).__name__}, not an object", "use the config.json saved with the weights")
     unknown = sorted(set(sub) - set(MODULE_DEFAULTS) - _MODULE_IGNORED)
     if unknown:
         log.warning("%s: ignoring %s field(s) Sora does not know: %s.", file, name, ", ".join(unknown))
@@ -68,33 +65,26 @@ def _module(raw: dict[str, Any], name: str, file: Path) -> dict[str, Any]:
         values["vocab_size"] = raw["vocab_size"]
     where = f"{name}."
     if values["hidden_activation"] not in TANH_GELUS:
-        _fail(file, where + "hidden_activation", f"is {values['hidden_activation']!r}",
+        fail(file, where + "hidden_activation", f"is {values['hidden_activation']!r}",
               "Sora's T5Gemma MLP is GeGLU with tanh GELU (gelu_pytorch_tanh)")
     if values["attention_bias"]:
-        _fail(file, where + "attention_bias", "is true", "Sora's attention projections have no bias")
+        fail(file, where + "attention_bias", "is true", "Sora's attention projections have no bias")
     scaling = values["rope_scaling"]
     if scaling is not None:
         kind = scaling.get("rope_type", scaling.get("type")) if isinstance(scaling, dict) else scaling
         if kind != "default":
-            _fail(file, where + "rope_scaling", f"has type {kind!r}",
+            fail(file, where + "rope_scaling", f"has type {kind!r}",
                   "Sora implements plain RoPE only (rope_scaling null or {\"rope_type\": \"default\"})")
-    for field in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads", "head_dim",
-                  "num_key_value_heads"):
-        if not isinstance(values[field], int) or isinstance(values[field], bool) or values[field] < 1:
-            _fail(file, where + field, f"is {values[field]!r}", "write one integer >= 1")
+    fields = ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+              "head_dim", "num_key_value_heads")
+    check_positive_ints(values, fields, file, where)
     layers = values["num_hidden_layers"]
     types = values["layer_types"]
     if types is None:  # T5GemmaModuleConfig's default: sliding, full, sliding, ...
         types = [SLIDING if (i + 1) % 2 else "full_attention" for i in range(layers)]
-    if not isinstance(types, list) or len(types) != layers:
-        _fail(file, where + "layer_types", f"is {types!r}", f"give {layers} entries (num_hidden_layers)")
-    unknown_types = [t for t in types if t not in LAYER_TYPES]
-    if unknown_types:
-        _fail(file, where + "layer_types", f"has {unknown_types[0]!r}",
-              f"Sora implements {' and '.join(LAYER_TYPES)} layers only")
-    values["layer_types"] = tuple(types)
+    values["layer_types"] = checked_layer_types(types, layers, file, where)
     if SLIDING in types and not isinstance(values["sliding_window"], int):
-        _fail(file, where + "sliding_window", f"is {values['sliding_window']!r}", "write the window (an integer)")
+        fail(file, where + "sliding_window", f"is {values['sliding_window']!r}", "write the window (an integer)")
     if SLIDING not in types:
         values["sliding_window"] = 0
     return values
@@ -104,24 +94,14 @@ def _optional_number(value: Any, file: Path, field: str) -> float:
     if value is None:
         return 0.0
     if not isinstance(value, (int, float)) or isinstance(value, bool) or value <= 0:
-        _fail(file, field, f"is {value!r}", "write a positive number or null")
+        fail(file, field, f"is {value!r}", "write a positive number or null")
     return float(value)
 
 
 def config_from_hf(raw: dict[str, Any], file: Path, *, dtype: str = "float32", param_dtype: str = "float32",
                    scan_layers: bool = False) -> ModelConfig:
     """ModelConfig of the T5GemmaForConditionalGeneration a parsed `config.json` describes."""
-    architectures = raw.get("architectures")
-    if architectures is not None and not (isinstance(architectures, list) and ARCHITECTURES[0] in architectures):
-        _fail(file, "architectures", f"is {architectures!r}",
-              f"Sora imports the full encoder-decoder LM ({ARCHITECTURES[0]})")
-    if raw.get("is_encoder_decoder", True) is not True:
-        _fail(file, "is_encoder_decoder", "is false", "Sora needs the encoder-decoder, not an encoder-only model")
-    if raw.get("quantization_config") is not None:
-        _fail(file, "quantization_config", "is set", "export an unquantised float checkpoint first")
-    if raw.get("attention_dropout"):
-        _fail(file, "attention_dropout", f"is {raw['attention_dropout']!r}",
-              "Sora has no dropout on attention probabilities; set it to 0 (dropout_rate is supported)")
+    check_gemma_lm(raw, file, ARCHITECTURES[0])
     unknown = sorted(set(raw) - _TOP_FIELDS)
     if unknown:
         log.warning("%s: ignoring field(s) Sora does not know: %s.", file, ", ".join(unknown))
@@ -129,7 +109,7 @@ def config_from_hf(raw: dict[str, Any], file: Path, *, dtype: str = "float32", p
     dec = _module({**raw, "decoder": raw.get("decoder", raw.get("encoder"))}, "decoder", file)
     for field in _SHARED:
         if enc[field] != dec[field] and not (field == "sliding_window" and 0 in (enc[field], dec[field])):
-            _fail(file, f"decoder.{field}", f"is {dec[field]!r} but encoder.{field} is {enc[field]!r}",
+            fail(file, f"decoder.{field}", f"is {dec[field]!r} but encoder.{field} is {enc[field]!r}",
                   "Sora's T5Gemma needs the same value in both stacks")
     pad = raw.get("pad_token_id", dec["pad_token_id"])
     eos = raw.get("eos_token_id", dec["eos_token_id"])
@@ -137,7 +117,7 @@ def config_from_hf(raw: dict[str, Any], file: Path, *, dtype: str = "float32", p
     start = raw.get("decoder_start_token_id") or dec["bos_token_id"]
     tied = raw.get("tie_word_embeddings", True)
     if not isinstance(tied, bool):
-        _fail(file, "tie_word_embeddings", f"is {tied!r}", "write true or false")
+        fail(file, "tie_word_embeddings", f"is {tied!r}", "write true or false")
     dropout = raw.get("dropout_rate", 0.0)
     fields = dict(
         vocab_size=dec["vocab_size"], d_model=dec["hidden_size"], d_ff=dec["intermediate_size"],
